@@ -1,0 +1,361 @@
+"""python -m peftcompare train | zero-shot | params | sweep | results | plot | compare | worker | ...
+
+Flags are the RunSpec fields (named like transformers' TrainingArguments) with the spec's help text.
+A user mistake exits with status 2 and one line on stderr, and writes nothing to the store.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import methods, tasks
+from .spec import RunSpec, spec_fields
+
+EXIT_USAGE = 2
+
+
+class UserError(ValueError):
+    pass
+
+
+def _add_spec_args(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    for f in spec_fields():
+        if f.name in skip:
+            continue
+        kind = {"int": int, "float": float, "str": str}.get(f.type, f.type)
+        p.add_argument(f"--{f.name}", type=_typed(kind, f.name), default=None,
+                       help=f"{f.metadata.get('help', '')} (default: {f.default!r})")
+
+
+def _typed(kind, name):
+    def convert(text: str):
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name}: expected {kind.__name__}, got {text!r}") from None
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def _spec_from_args(args, **overrides) -> RunSpec:
+    values = {}
+    if getattr(args, "spec", None):
+        path = Path(args.spec)
+        if not path.is_file():
+            raise UserError(f"spec: {args.spec} does not exist")
+        values = json.loads(path.read_text()) if path.suffix == ".json" else {}
+        values.pop("spec_version", None)
+    for f in spec_fields():
+        v = getattr(args, f.name, None)
+        if v is not None:
+            values[f.name] = v
+    values.update(overrides)
+    return RunSpec.from_dict(values)
+
+
+def preflight(spec: RunSpec) -> RunSpec:
+    """Everything that can be wrong with a spec before a record is written: model, files, columns."""
+    from . import data, models
+
+    spec = spec.resolved()
+    models.check_model_name(spec.model_name)
+    models.load_config(spec.model_name)
+    data.load_task_data(spec)
+    return spec
+
+
+def _store(args):
+    from .store import Store
+
+    return Store(args.home)
+
+
+# -- commands -------------------------------------------------------------------------------------------
+def cmd_train(args) -> int:
+    from . import train as train_mod
+
+    store = _store(args)
+    if args.run_id:  # started by the queue worker: the record exists already
+        run = store.get(args.run_id)
+        if run is None:
+            raise UserError(f"run_id: no run {args.run_id}")
+        if run["status"] == "queued":
+            store.transition(args.run_id, "running", ("queued",), pid=os.getpid())
+        elif run["status"] != "running":
+            raise UserError(f"run_id: run {args.run_id} is {run['status']}, not queued")
+        store.update(args.run_id, pid=os.getpid())
+        spec = run["spec"]
+        run_id = args.run_id
+    else:
+        spec = preflight(_spec_from_args(args, **({"method": "zero_shot"} if args.command == "zero-shot" else {})))
+        run_id = _create_running(store, spec)
+    return train_mod.execute(spec, store, run_id, progress=_progress_bar())
+
+
+def _create_running(store, spec) -> str:
+    import time as _t
+
+    from accelerate import PartialState
+
+    state = PartialState(cpu=True) if os.environ.get("WORLD_SIZE") else None
+    if state is not None and state.num_processes > 1:
+        # every data-parallel process must write to the same record: the main one creates it
+        run_id = None
+        if state.is_main_process:
+            run_id = store.create_run(spec, status="running")
+            store.update(run_id, started_at=_t.time(), pid=os.getpid())
+        from accelerate.utils import broadcast_object_list
+
+        box = [run_id]
+        broadcast_object_list(box)
+        return box[0]
+    run_id = store.create_run(spec, status="running")
+    store.update(run_id, started_at=_t.time(), pid=os.getpid())
+    return run_id
+
+
+def _progress_bar():
+    if not sys.stderr.isatty():
+        return None
+    from tqdm.auto import tqdm
+
+    bar = {"t": None}
+
+    def update(step, total, loss):
+        if bar["t"] is None:
+            bar["t"] = tqdm(total=total, unit="step", dynamic_ncols=True)
+        bar["t"].update(step - bar["t"].n)
+        bar["t"].set_postfix(loss=f"{loss:.4f}")
+        if step >= total:
+            bar["t"].close()
+    return update
+
+
+def cmd_params(args) -> int:
+    from . import models
+    from .train import prepare_model
+
+    spec = _spec_from_args(args).resolved()
+    models.check_model_name(spec.model_name)
+    loaded = models.load_model(spec.model_name, meta=not spec.method == "prompt")
+    model = prepare_model(spec, loaded, total_steps=100)
+    trainable, total = models.count_parameters(model)
+    out = {"model_name": spec.model_name, "method": spec.method, "capacity": spec.capacity,
+           "trainable_params": trainable, "total_params": total,
+           "trainable_pct": round(100 * trainable / total, 4) if total else 0.0}
+    print(json.dumps(out) if args.json else
+          f"{spec.method} ({spec.capacity}) on {spec.model_name}: {trainable:,} trainable of {total:,} "
+          f"parameters ({out['trainable_pct']}%)")
+    return 0
+
+
+def sweep_specs(base: RunSpec, method_names: list[str], lora_ranks: list[int], virtual_tokens: list[int],
+                seeds: list[int], capacities: dict[str, list[int]] | None = None,
+                zero_shot: bool = True) -> list[RunSpec]:
+    specs = []
+    if zero_shot:
+        specs.append(base.replace(method="zero_shot", seed=seeds[0]))
+    for name in method_names:
+        m = methods.get_method(name)
+        if not m.trains:
+            continue
+        if capacities and name in capacities:
+            caps = capacities[name]
+        elif name in ("lora", "adalora"):
+            caps = lora_ranks
+        elif name in ("prompt", "prefix", "ptuning"):
+            caps = virtual_tokens
+        elif m.capacity_name:
+            caps = list(m.capacities)
+        else:
+            caps = [0]
+        for cap, seed in itertools.product(caps, seeds):
+            specs.append(base.replace(method=name, capacity=cap or base.capacity, seed=seed))
+    return specs
+
+
+def cmd_sweep(args) -> int:
+    from . import jobs, train as train_mod
+
+    base = _spec_from_args(args, method="lora")
+    for name in args.methods:
+        methods.get_method(name)
+    specs = sweep_specs(base, args.methods, args.lora_ranks, args.virtual_tokens, args.seeds,
+                        zero_shot=not args.no_zero_shot)
+    preflight(specs[-1])
+    store = _store(args)
+    todo = [s for s in specs if store.find_completed(s) is None]
+    print(f"sweep: {len(specs)} runs in the grid, {len(specs) - len(todo)} already stored, {len(todo)} to run")
+    failures = 0
+    for i, spec in enumerate(todo, 1):
+        if args.enqueue:
+            jobs.enqueue(store, spec)
+            continue
+        print(f"[{i}/{len(todo)}] {spec.task} {spec.label()}", flush=True)
+        run_id = _create_running(store, spec.resolved())
+        failures += train_mod.execute(spec, store, run_id, progress=_progress_bar()) != 0
+    if args.enqueue and todo:
+        jobs.ensure_worker(store)
+        print(f"enqueued {len(todo)} runs; the worker processes them one at a time")
+    return 1 if failures else 0
+
+
+def cmd_results(args) -> int:
+    from . import analysis
+
+    df = analysis.load_df(_store(args), task=args.task)
+    if args.format == "csv":
+        df.to_csv(sys.stdout, index=False)
+    elif args.format == "json":
+        print(df.to_json(orient="records", indent=1))
+    else:
+        cols = ["run_id", "task", "method", "capacity", "seed", "status", "trainable_params", "accuracy", "f1",
+                "rougeL", "train_runtime", "train_samples_per_second", "peak_memory_mb", "adapter_bytes"]
+        if df.empty:
+            print("no runs yet: python -m peftcompare train --model_name builtin:tiny-t5 ...")
+        else:
+            import pandas as pd
+
+            with pd.option_context("display.max_rows", 500, "display.width", 220, "display.max_columns", 30):
+                print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from . import analysis, plotting
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    df = analysis.load_df(_store(args))
+    df.to_csv(out / "results.csv", index=False)
+    written = [out / "results.csv"]
+    for task in ("classification", "summarization"):
+        path = out / f"curve_{task}.png"
+        plotting.curve_png(df, task, tasks.get_task(task).metric, path, x=args.x)
+        written.append(path)
+    for p in written:
+        print(p)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from . import infer
+
+    engine = infer.CompareEngine(_store(args))
+    text = args.text if args.text is not None else sys.stdin.read()
+    result = engine.compare(text, args.run_ids, task=args.task, model_name=args.model_name)
+    if args.json:
+        print(json.dumps(result, indent=1, default=str))
+    else:
+        for col in result["columns"]:
+            print(f"== {col['label']} ({col['latency_ms']:.0f} ms)\n{col['output']}"
+                  + (f"  (p={col['probability']:.3f})" if col.get("probability") is not None else ""))
+    return 0
+
+
+def cmd_worker(args) -> int:
+    from . import jobs
+
+    return jobs.run_worker(_store(args), idle_exit=args.idle_exit)
+
+
+def cmd_enqueue(args) -> int:
+    from . import jobs
+
+    spec = preflight(_spec_from_args(args))
+    store = _store(args)
+    run_id = jobs.enqueue(store, spec)
+    if not args.no_worker:
+        jobs.ensure_worker(store)
+    print(run_id)
+    return 0
+
+
+def cmd_cancel(args) -> int:
+    store = _store(args)
+    for run_id in args.run_ids:
+        print(f"{run_id}: {'cancel requested' if store.request_cancel(run_id) else 'not queued or running'}")
+    return 0
+
+
+def cmd_delete(args) -> int:
+    store = _store(args)
+    for run_id in args.run_ids:
+        store.delete(run_id)
+        print(f"deleted {run_id}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m peftcompare", description="Compare PEFT methods on FLAN-T5.")
+    p.add_argument("--home", default=None, help="Store home (results/ and adapters/). Default: "
+                   "$PEFTCOMPARE_HOME, else the repository.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def cmd(name, fn, help_text):
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        sp.add_argument("--home", default=argparse.SUPPRESS, help="Store home (see above).")
+        sp.set_defaults(fn=fn)
+        return sp
+
+    t = cmd("train", cmd_train, "Train one adapter and store it with its result.")
+    _add_spec_args(t)
+    t.add_argument("--spec", help="A spec JSON file (flags override its fields).")
+    t.add_argument("--run_id", help=argparse.SUPPRESS)
+    z = cmd("zero-shot", cmd_train, "Evaluate the untouched model and store it as a baseline run.")
+    _add_spec_args(z, skip=("method", "capacity"))
+    z.set_defaults(run_id=None, spec=None)
+    e = cmd("enqueue", cmd_enqueue, "Queue one run for the background worker (what the app does).")
+    _add_spec_args(e)
+    e.add_argument("--no_worker", action="store_true", help="Do not start a worker.")
+    e.set_defaults(spec=None)
+    pa = cmd("params", cmd_params, "Trainable and total parameters, without training.")
+    _add_spec_args(pa)
+    pa.add_argument("--json", action="store_true")
+    pa.set_defaults(spec=None)
+    s = cmd("sweep", cmd_sweep, "Run the grid methods x capacities x seeds, skipping stored specs.")
+    _add_spec_args(s, skip=("method", "capacity", "seed"))
+    s.add_argument("--methods", nargs="+", default=["lora", "prefix", "prompt"])
+    s.add_argument("--lora_ranks", nargs="+", type=int, default=[4, 8, 16, 32])
+    s.add_argument("--virtual_tokens", nargs="+", type=int, default=[10, 20, 50, 100])
+    s.add_argument("--seeds", nargs="+", type=int, default=[42])
+    s.add_argument("--no_zero_shot", action="store_true", help="Do not add the zero-shot baseline run.")
+    s.add_argument("--enqueue", action="store_true", help="Queue the runs for the worker instead of running "
+                   "them here.")
+    s.set_defaults(spec=None)
+    r = cmd("results", cmd_results, "One row per run.")
+    r.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    r.add_argument("--task", default=None)
+    pl = cmd("plot", cmd_plot, "results.csv and one capacity-vs-score curve per task.")
+    pl.add_argument("--out", default="plots")
+    pl.add_argument("--x", choices=["capacity", "trainable_params"], default="capacity")
+    c = cmd("compare", cmd_compare, "One text through zero-shot and each given adapter, side by side.")
+    c.add_argument("run_ids", nargs="*", help="Adapter run ids (default: none, zero-shot only).")
+    c.add_argument("--text", default=None, help="Input text (default: stdin).")
+    c.add_argument("--task", default=None, help="Task of the zero-shot column (default: the adapters').")
+    c.add_argument("--model_name", default=None, help="Base model (default: the adapters').")
+    c.add_argument("--json", action="store_true")
+    w = cmd("worker", cmd_worker, "Process the run queue (the app starts this by itself).")
+    w.add_argument("--idle_exit", type=float, default=30.0, help="Exit after this many idle seconds.")
+    ca = cmd("cancel", cmd_cancel, "Cancel queued or running runs.")
+    ca.add_argument("run_ids", nargs="+")
+    d = cmd("delete", cmd_delete, "Delete finished runs and their adapters.")
+    d.add_argument("run_ids", nargs="+")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args) or 0
+    except (ValueError, FileNotFoundError) as exc:  # user mistakes: one line, no traceback
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130

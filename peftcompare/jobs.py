@@ -1,0 +1,167 @@
+"""The job queue: queued runs in the store, one subprocess per run, cancel, reconcile after a crash.
+
+The worker is a detached process (it survives page refreshes and closed browsers). It claims the oldest
+queued run, starts `python -m peftcompare train --run_id ID --home HOME`, watches the cancel flag and
+exits after a while with an empty queue; the app starts it again when something is enqueued.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .spec import RunSpec
+from .store import Store
+
+CANCEL_GRACE_SECONDS = 10.0  # a run that ignores its cancel flag this long is killed
+IDLE_EXIT_SECONDS = 30.0
+POLL_SECONDS = 0.5
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a reused pid belongs to another program
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        if b"peftcompare" not in cmd and b"pytest" not in cmd:
+            return False
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def reconcile(store: Store) -> list[str]:
+    """Mark runs whose process is gone as interrupted (after an app, worker or machine restart)."""
+    fixed = []
+    for run in store.list_runs(status=("running",)):
+        if not pid_alive(run.get("pid")):
+            if store.transition(run["run_id"], "interrupted", ("running",), finished_at=time.time(),
+                                error="the training process disappeared (killed, crashed or machine restart)"):
+                fixed.append(run["run_id"])
+    return fixed
+
+
+def enqueue(store: Store, spec: RunSpec, owner: str | None = None) -> str:
+    run_id = store.create_run(spec, status="queued", owner=owner)
+    store.spec_path(run_id).write_text(spec.resolved().to_json())
+    return run_id
+
+
+def child_command(store: Store, run_id: str) -> list[str]:
+    return [sys.executable, "-m", "peftcompare", "train", "--run_id", run_id, "--home", str(store.home)]
+
+
+def _lock_path(store: Store) -> Path:
+    return store.results_dir / "worker.lock"
+
+
+def worker_running(store: Store) -> bool:
+    try:
+        with open(_lock_path(store), "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return False
+    except BlockingIOError:
+        return True
+
+
+def ensure_worker(store: Store) -> bool:
+    """Start a detached worker unless one holds the lock. True when a new one was started."""
+    if worker_running(store):
+        return False
+    log = open(store.logs_dir / "worker.log", "ab")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    subprocess.Popen([sys.executable, "-m", "peftcompare", "worker", "--home", str(store.home)],
+                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                     env=env, cwd=str(Path(__file__).resolve().parents[1]))
+    return True
+
+
+def run_worker(store: Store, idle_exit: float = IDLE_EXIT_SECONDS, max_jobs: int | None = None) -> int:
+    """Process the queue one run at a time. Only one worker per store (file lock)."""
+    lock = open(_lock_path(store), "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print("another worker is already processing this store", flush=True)
+        return 0
+    reconcile(store)
+    store.clean_staging()
+    done, idle_since = 0, time.monotonic()
+    while max_jobs is None or done < max_jobs:
+        run = store.claim_next(pid=None)
+        if run is None:
+            if time.monotonic() - idle_since > idle_exit:
+                break
+            time.sleep(POLL_SECONDS)
+            continue
+        _run_child(store, run["run_id"])
+        done += 1
+        idle_since = time.monotonic()
+    return 0
+
+
+def _run_child(store: Store, run_id: str) -> int:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(store.log_path(run_id), "ab") as log:
+        proc = subprocess.Popen(child_command(store, run_id), stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                                cwd=str(Path(__file__).resolve().parents[1]))
+    store.update(run_id, pid=proc.pid, heartbeat=time.time())
+    cancel_seen = None
+    while True:
+        try:
+            code = proc.wait(timeout=POLL_SECONDS)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        if cancel_seen is None and store.cancel_requested(run_id):
+            cancel_seen = time.monotonic()
+        if cancel_seen is not None and time.monotonic() - cancel_seen > CANCEL_GRACE_SECONDS:
+            _kill(proc)
+            code = proc.wait()
+            break
+    run = store.get(run_id)
+    if run and run["status"] == "running":
+        # the child died without writing a final status: a crash, a kill or our cancel
+        if run.get("cancel_requested"):
+            store.transition(run_id, "cancelled", ("running",), finished_at=time.time(),
+                             error="cancelled by the user")
+        else:
+            reason = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            store.transition(run_id, "failed", ("running",), finished_at=time.time(),
+                             error=f"the training process {reason} without finishing")
+    for stale in store.adapters_dir.glob(f".tmp-{run_id}-*"):
+        import shutil
+
+        shutil.rmtree(stale, ignore_errors=True)
+    return code
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=3)
+    except (subprocess.TimeoutExpired, ProcessLookupError, PermissionError):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def retry(store: Store, run_id: str, owner: str | None = None) -> str:
+    run = store.get(run_id)
+    if run is None:
+        raise ValueError(f"run_id: no run {run_id}")
+    return enqueue(store, run["spec"], owner=owner or run.get("owner"))

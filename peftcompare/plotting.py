@@ -1,0 +1,54 @@
+"""Static PNG curves for the CLI (`plot`); the app draws the same aggregates with Altair (curves.py)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from . import analysis, methods
+
+METRIC_LABELS = {"f1": "F1", "accuracy": "Accuracy", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2",
+                 "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum"}
+
+
+def curve_png(df: pd.DataFrame, task: str, metric: str, path: Path, x: str = "capacity") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    agg = analysis.aggregate(df[df["task"] == task], metric) if not df.empty else analysis.aggregate(df, metric)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    curves = agg[~agg["method"].map(lambda m: methods.get_method(m).reference_line if m in methods.METHODS
+                                    else False)]
+    refs = agg[agg["method"].isin([m for m, v in methods.METHODS.items() if v.reference_line])]
+    for i, (method, g) in enumerate(curves.groupby("method")):
+        g = g.sort_values(x)
+        title = methods.METHODS[method].title if method in methods.METHODS else method
+        ax.plot(g[x], g["mean"], marker="o", label=f"{title} (n={int(g['n'].max())} seed"
+                f"{'s' if g['n'].max() > 1 else ''})", color=f"C{i}")
+        if (g["n"] > 1).any():
+            ax.fill_between(g[x], g["min"], g["max"], alpha=0.2, color=f"C{i}")
+    for j, (_, r) in enumerate(refs.iterrows()):
+        ax.axhline(r["mean"], linestyle="--", color="gray" if r["method"] == "zero_shot" else "black",
+                   linewidth=1, label=f"{methods.METHODS[r['method']].title}: {r['mean']:.3f}")
+    if len(curves):
+        ax.set_xscale("log", base=2 if x == "capacity" else 10)
+        if x == "capacity":
+            ticks = sorted(curves["capacity"].unique())
+            ax.set_xticks(ticks)
+            ax.set_xticklabels([str(int(t)) for t in ticks])
+    else:
+        ax.text(0.5, 0.5, "no completed runs for this task yet", ha="center", va="center",
+                transform=ax.transAxes, color="gray")
+    ax.set_xlabel("capacity (LoRA rank r / virtual tokens)" if x == "capacity" else "trainable parameters")
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    models_used = ", ".join(sorted(agg["model_name"].dropna().unique())) or "-"
+    ax.set_title(f"{task}: {METRIC_LABELS.get(metric, metric)} vs capacity  ({models_used})", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    if len(agg):
+        ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)

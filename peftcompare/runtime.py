@@ -1,0 +1,107 @@
+"""Machine facts and fast-path switches: device, precision, threads, denormals, memory, versions."""
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import sys
+from functools import lru_cache
+
+
+def device_name() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def bf16_supported(device: str) -> bool:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
+    # native bf16 dot products (AVX512-BF16 or AMX); emulated bf16 on older CPUs is slower than fp32
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+def resolve_precision(precision: str, device: str):
+    """(name, autocast dtype or None). 'auto' picks bf16 where the hardware has it, else fp32."""
+    import torch
+
+    if precision == "auto":
+        precision = "bf16" if bf16_supported(device) else "fp32"
+    if precision == "fp16" and not device.startswith("cuda"):
+        raise ValueError("precision: fp16 needs a GPU; use bf16 or fp32 on a CPU")
+    if precision == "bf16" and device.startswith("cuda") and not torch.cuda.is_bf16_supported():
+        raise ValueError("precision: this GPU has no bf16; use fp16 or fp32")
+    return precision, {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def configure_cpu(world_size: int = 1) -> dict:
+    """Threads split across data-parallel processes; denormals flushed (they slow fp32 backward passes 4x)."""
+    import torch
+
+    threads = max(1, usable_cores() // max(1, world_size))
+    torch.set_num_threads(threads)
+    flushed = bool(torch.set_flush_denormal(True))
+    return {"threads": threads, "flush_denormal": flushed}
+
+
+def peak_memory_mb(device: str) -> float:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    # ru_maxrss is KiB on Linux, bytes on macOS
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "platform": platform.platform(), "cpu": cpu_model()}
+    for pkg in ("peftcompare", "torch", "transformers", "peft", "accelerate", "datasets", "tokenizers",
+                "rouge_score", "scikit-learn"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            out["gpu"] = torch.cuda.get_device_name(0)
+            out["cuda"] = torch.version.cuda
+    except Exception:  # a broken CUDA install must not stop a CPU run
+        pass
+    return out
