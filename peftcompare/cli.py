@@ -47,7 +47,14 @@ def _spec_from_args(args, **overrides) -> RunSpec:
         path = Path(args.spec)
         if not path.is_file():
             raise UserError(f"spec: {args.spec} does not exist")
-        values = json.loads(path.read_text()) if path.suffix == ".json" else {}
+        if path.suffix.lower() != ".json":
+            raise UserError(f"spec: {path.name} should be a .json file")
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as exc:  # bad JSON or bad UTF-8
+            raise UserError(f"spec: {path.name} is not valid JSON ({str(exc).splitlines()[0][:120]})") from None
+        if not isinstance(values, dict):
+            raise UserError(f"spec: {path.name} should hold a JSON object")
         values.pop("spec_version", None)
     for f in spec_fields():
         v = getattr(args, f.name, None)
@@ -141,7 +148,7 @@ def cmd_params(args) -> int:
 
     spec = _spec_from_args(args).resolved()
     models.check_model_name(spec.model_name)
-    loaded = models.load_model(spec.model_name, meta=not spec.method == "prompt")
+    loaded = models.load_model(spec.model_name, meta=True)
     model = prepare_model(spec, loaded, total_steps=100)
     trainable, total = models.count_parameters(model)
     out = {"model_name": spec.model_name, "method": spec.method, "capacity": spec.capacity,
@@ -290,6 +297,71 @@ def cmd_delete(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from . import bundle
+
+    store = _store(args)
+    run_ids = args.run_ids or ([r["run_id"] for r in store.list_runs(status=("completed",))] if args.all else [])
+    manifest = bundle.export_bundle(store, run_ids, args.out)
+    n_files = sum(len(e["files"]) for e in manifest["runs"])
+    print(f"exported {len(manifest['runs'])} runs ({n_files} adapter files) to {args.out}")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from . import bundle
+
+    for run_id in bundle.import_bundle(_store(args), args.bundle, overwrite=args.overwrite):
+        print(f"imported {run_id}")
+    return 0
+
+
+def cmd_check(args) -> int:
+    from . import integrity
+
+    problems = integrity.check(_store(args), fix=args.fix)
+    if args.json:
+        print(json.dumps([p.__dict__ for p in problems], indent=1))
+    else:
+        for p in problems:
+            print(p.line())
+        print(f"{len(problems)} problem(s)" + (" (repairable ones repaired)" if args.fix and problems else "")
+              if problems else "store is consistent")
+    return 1 if problems else 0
+
+
+def cmd_preset(args) -> int:
+    from . import jobs, models, presets, train as train_mod
+
+    p = presets.get_preset(args.name)
+    offline = args.offline
+    if not offline and not models.hub_reachable():
+        offline = True
+        print(f"the Hugging Face Hub is unreachable: running {p.name} on {p.offline_model} instead of "
+              f"{', '.join(p.models)}", file=sys.stderr)
+    specs = presets.preset_specs(p.name, offline, args.quick)
+    if args.dry_run:
+        for s in specs:
+            print(f"{s.model_name} {s.dataset} {s.label()} lr {s.learning_rate}")
+        return 0
+    preflight(specs[0])
+    store = _store(args)
+    if args.enqueue:
+        out = presets.enqueue_preset(store, p.name, offline, quick=args.quick)
+        if out["run_ids"]:
+            jobs.ensure_worker(store)
+        print(f"{p.title}: {len(out['run_ids'])} runs enqueued, {out['skipped']} already stored or queued")
+        return 0
+    todo = [s for s in specs if store.find_completed(s) is None]
+    print(f"{p.title}: {len(specs)} runs, {len(specs) - len(todo)} already stored, {len(todo)} to run")
+    failures = 0
+    for i, spec in enumerate(todo, 1):
+        print(f"[{i}/{len(todo)}] {spec.model_name} {spec.dataset} {spec.label()}", flush=True)
+        run_id = _create_running(store, spec.resolved())
+        failures += train_mod.execute(spec, store, run_id, progress=_progress_bar()) != 0
+    return 1 if failures else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m peftcompare", description="Compare PEFT methods on FLAN-T5.")
     p.add_argument("--home", default=None, help="Store home (results/ and adapters/). Default: "
@@ -345,6 +417,28 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("run_ids", nargs="+")
     d = cmd("delete", cmd_delete, "Delete finished runs and their adapters.")
     d.add_argument("run_ids", nargs="+")
+    from .presets import PRESETS
+
+    pr = cmd("preset", cmd_preset, "Run (or --enqueue) every run of a reference experiment.")
+    pr.add_argument("name", choices=list(PRESETS), help="The preset.")
+    pr.add_argument("--offline", action="store_true", help="Use the built-in tiny model of the preset's "
+                    "family instead of the Hub model (automatic when the Hub is unreachable).")
+    pr.add_argument("--quick", action="store_true", help="A few examples, one epoch, one capacity per method.")
+    pr.add_argument("--enqueue", action="store_true", help="Queue the runs for the worker instead of running "
+                    "them here.")
+    pr.add_argument("--dry_run", action="store_true", help="Only list the runs.")
+    ex = cmd("export", cmd_export, "Write runs and their adapters to a zip bundle (with sha256 checksums).")
+    ex.add_argument("run_ids", nargs="*", help="Runs to export.")
+    ex.add_argument("--all", action="store_true", help="Export every completed run.")
+    ex.add_argument("--out", required=True, help="The .zip file to write.")
+    im = cmd("import", cmd_import, "Add the runs of a bundle to the store, after validating all of it.")
+    im.add_argument("bundle", help="A .zip made by export.")
+    im.add_argument("--overwrite", action="store_true", help="Replace runs that already exist.")
+    ck = cmd("check", cmd_check, "Check the store: records against adapters, leftovers, stale runs (exit 1 "
+             "when something is wrong).")
+    ck.add_argument("--fix", action="store_true", help="Mark stale runs interrupted, remove orphan staging "
+                    "directories (adapters without a record are only reported).")
+    ck.add_argument("--json", action="store_true")
     return p
 
 

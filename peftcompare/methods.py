@@ -53,7 +53,11 @@ def _prompt(spec, model, tokenizer, family):
 
     from .tasks import get_task
 
-    # one set of virtual tokens (PEFT's seq2seq default of 2 leaves half of them untrained)
+    # one set of virtual tokens (PEFT's seq2seq default of 2 leaves half of them untrained); shapes-only
+    # models (parameter counts) have no embeddings to copy the instruction text from
+    if next(model.parameters()).is_meta:
+        return PromptTuningConfig(task_type=family.peft_task_type, num_virtual_tokens=spec.capacity,
+                                  num_transformer_submodules=1, modules_to_save=family.modules_to_save)
     return PromptTuningConfig(task_type=family.peft_task_type, num_virtual_tokens=spec.capacity,
                               num_transformer_submodules=1, prompt_tuning_init=PromptTuningInit.TEXT,
                               prompt_tuning_init_text=instruction_text(spec),
@@ -80,14 +84,22 @@ def _ia3(spec, model, tokenizer, family):
 def _adalora(spec, model, tokenizer, family, total_step: int = 0):
     from peft import AdaLoraConfig
 
-    # capacity is the target average rank; start 50% higher and prune towards it over the middle of training
-    total = max(total_step, 10)
+    # capacity is the target average rank: start 50% higher, prune towards it after a short warm-up, and
+    # fix the allocation for the last fifth. total_step must be the real step count: the final allocation
+    # happens at step total_step - tfinal, which a padded count would never reach.
+    total = max(total_step, 2)
+    tfinal = max(1, int(total * 0.2))
+    tinit = min(int(total * 0.1), total - tfinal - 1)
     return AdaLoraConfig(task_type=family.peft_task_type, target_r=spec.capacity,
-                         init_r=max(spec.capacity + 1, int(round(spec.capacity * 1.5))),
+                         init_r=adalora_init_r(spec.capacity),
                          lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout,
                          target_modules=family.target_modules(_targets(spec)),
-                         tinit=int(total * 0.1), tfinal=int(total * 0.2), deltaT=max(1, total // 20),
+                         tinit=tinit, tfinal=tfinal, deltaT=max(1, total // 20),
                          total_step=total, modules_to_save=family.modules_to_save)
+
+
+def adalora_init_r(target_r: int) -> int:
+    return max(target_r + 1, int(round(target_r * 1.5)))
 
 
 def _full(spec, model, family):
@@ -116,8 +128,10 @@ def _bitfit(spec, model, family):
                   or n.endswith("ln_f.weight") or ".ln_" in n]
     for p in chosen:
         p.requires_grad_(True)
-    for p in family.head_parameters(model):
-        p.requires_grad_(True)
+    for name in family.modules_to_save or []:  # a new classification head always trains
+        head = getattr(model, name, None)
+        for p in (head.parameters() if head is not None else []):
+            p.requires_grad_(True)
 
 
 INSTRUCTIONS = {

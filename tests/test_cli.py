@@ -1,0 +1,92 @@
+"""The CLI as a user runs it: real subprocesses, exit codes, one-line errors, nothing written on bad input."""
+import json
+import sqlite3
+
+import pytest
+
+from pipeline_helpers import SAMPLES, cli
+
+TINY = ["--model_name", "builtin:tiny-t5", "--train_samples", "24", "--eval_samples", "8", "--num_train_epochs",
+        "1", "--per_device_train_batch_size", "8"]
+
+
+def run_count(home):
+    db = home / "results" / "peftcompare.sqlite"
+    if not db.exists():
+        return 0
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+
+
+@pytest.fixture
+def bad_files(tmp_path):
+    (tmp_path / "nocols.jsonl").write_text('{"text": "fine", "y": 1}\n')
+    (tmp_path / "empty.csv").write_text("sentence,label\n")
+    (tmp_path / "latin1.csv").write_bytes("sentence,label\ncaf\xe9 ok,1\n".encode("latin-1"))
+    return tmp_path
+
+
+BAD = {
+    "unknown task": (["--task", "translation"], "task"),
+    "unknown method": (["--method", "magic"], "method"),
+    "capacity zero": (["--capacity", "0"], "capacity"),
+    "negative learning rate": (["--learning_rate", "-0.1"], "learning_rate"),
+    "zero learning rate": (["--learning_rate", "0"], "learning_rate"),
+    "missing file": (["--train_file", "{d}/nope.jsonl"], "does not exist"),
+    "file without the columns": (["--train_file", "{d}/nocols.jsonl"], "missing column"),
+    "empty dataset": (["--train_file", "{d}/empty.csv"], "no rows"),
+    "wrong encoding": (["--train_file", "{d}/latin1.csv"], "UTF-8"),
+    "model path that does not exist": (["--model_name", "./no/such/model"], "does not exist"),
+    "unknown built-in model": (["--model_name", "builtin:huge-t5"], "built-in"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_exit_2_one_line_nothing_written(tmp_path, bad_files, case):
+    extra, needle = BAD[case]
+    extra = [a.replace("{d}", str(bad_files)) for a in extra]
+    proc = cli("train", *TINY, *extra, home=tmp_path / "home")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if l.strip() and "warn" not in l.lower()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert run_count(tmp_path / "home") == 0
+
+
+def test_train_from_files_then_results(tmp_path):
+    home = tmp_path / "home"
+    proc = cli("train", *TINY, "--method", "lora", "--capacity", "4", "--train_file",
+               str(SAMPLES / "sst2_train.jsonl"), "--validation_file", str(SAMPLES / "sst2_validation.jsonl"),
+               home=home, check=True)
+    assert "done: f1" in proc.stdout
+    rows = json.loads(cli("results", "--format", "json", home=home, check=True).stdout)
+    assert len(rows) == 1 and rows[0]["status"] == "completed" and rows[0]["data_source"] == "file"
+    for col in ("run_id", "task", "method", "capacity", "seed", "status", "trainable_params", "total_params",
+                "accuracy", "f1", "rouge1", "rouge2", "rougeL", "rougeLsum", "train_runtime",
+                "train_samples_per_second", "peak_memory_mb", "adapter_bytes"):
+        assert col in rows[0], col
+    csv = cli("results", "--format", "csv", home=home, check=True).stdout
+    assert csv.splitlines()[0].startswith("run_id,") and len(csv.splitlines()) == 2
+
+
+def test_sweep_then_plot(tmp_path):
+    home = tmp_path / "home"
+    args = ["sweep", *TINY, "--methods", "lora", "prompt", "--lora_ranks", "2", "4", "--virtual_tokens", "4",
+            "--seeds", "1", "2"]
+    first = cli(*args, home=home, check=True, timeout=600)
+    assert "7 runs in the grid, 0 already stored, 7 to run" in first.stdout  # zero-shot + 2x2 lora + 1x2 prompt
+    again = cli(*args, home=home, check=True)
+    assert "7 already stored, 0 to run" in again.stdout
+    out = tmp_path / "plots"
+    cli("plot", "--out", str(out), home=home, check=True)
+    for name in ("results.csv", "curve_classification.png", "curve_summarization.png"):
+        assert (out / name).stat().st_size > 1000, name
+    import pandas as pd
+
+    df = pd.read_csv(out / "results.csv")
+    assert sorted(df["method"].unique()) == ["lora", "prompt", "zero_shot"] and len(df) == 7
+
+
+def test_zero_shot_command(tmp_path):
+    proc = cli("zero-shot", "--model_name", "builtin:tiny-t5", "--eval_samples", "8", home=tmp_path, check=True)
+    assert "done: f1" in proc.stdout
