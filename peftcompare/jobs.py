@@ -53,6 +53,11 @@ def reconcile(store: Store) -> list[str]:
 
 
 def enqueue(store: Store, spec: RunSpec, owner: str | None = None) -> str:
+    from . import public
+
+    # enforced here, not only in the page, so no caller can queue past the public limits
+    public.check_spec(spec.resolved())
+    public.check_visitor_quota(store, owner)
     run_id = store.create_run(spec, status="queued", owner=owner)
     store.spec_path(run_id).write_text(spec.resolved().to_json())
     return run_id
@@ -100,7 +105,7 @@ def run_worker(store: Store, idle_exit: float = IDLE_EXIT_SECONDS, max_jobs: int
     store.clean_staging()
     done, idle_since = 0, time.monotonic()
     while max_jobs is None or done < max_jobs:
-        run = store.claim_next(pid=None)
+        run = store.claim_next(pid=os.getpid())  # the worker owns it until the child reports its pid
         if run is None:
             if time.monotonic() - idle_since > idle_exit:
                 break

@@ -19,9 +19,8 @@ def curve_png(df: pd.DataFrame, task: str, metric: str, path: Path, x: str = "ca
 
     agg = analysis.aggregate(df[df["task"] == task], metric) if not df.empty else analysis.aggregate(df, metric)
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    curves = agg[~agg["method"].map(lambda m: methods.get_method(m).reference_line if m in methods.METHODS
-                                    else False)]
-    refs = agg[agg["method"].isin([m for m, v in methods.METHODS.items() if v.reference_line])]
+    reference = agg["method"].isin([m for m, v in methods.METHODS.items() if v.reference_line])
+    curves, refs = agg[~reference], agg[reference]
     for i, (method, g) in enumerate(curves.groupby("method")):
         g = g.sort_values(x)
         title = methods.METHODS[method].title if method in methods.METHODS else method

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import string
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -74,9 +75,10 @@ class RunSpec:
         if not isinstance(data, dict):
             raise ValueError("spec: expected a JSON object")
         known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(data) - set(known) - {"spec_version"})
-        if unknown:
-            raise ValueError(f"spec: unknown field(s) {', '.join(unknown)}")
+        unknown = sorted((k for k in data if k not in known and k != "spec_version"), key=str)
+        if unknown:  # names shown as typed when printable, else quoted: the message stays one line
+            shown = ", ".join(k if isinstance(k, str) and k.isprintable() else repr(k) for k in unknown)
+            raise ValueError(f"spec: unknown field(s) {shown[:300]}")
         kwargs = {}
         for name, value in data.items():
             if name == "spec_version":
@@ -224,8 +226,11 @@ def _validate(s: RunSpec) -> None:
     if s.prompt_template and "{text}" not in s.prompt_template:
         raise ValueError("prompt_template: must contain {text}")
     if s.prompt_template:
+        # parsed, never formatted: a format spec like {text:>999999999} would allocate that many bytes
         try:
-            s.prompt_template.format(text="x")
-        except (KeyError, IndexError, ValueError):
-            raise ValueError("prompt_template: only {text} may appear in braces (write {{ for a literal brace)"
-                             ) from None
+            fields_ = [(name, spec_, conv) for _, name, spec_, conv in string.Formatter().parse(s.prompt_template)
+                       if name is not None]
+        except ValueError:
+            fields_ = [None]
+        if any(f != ("text", "", None) for f in fields_):
+            raise ValueError("prompt_template: only {text} may appear in braces (write {{ for a literal brace)")

@@ -276,7 +276,9 @@ def failure_reason(exc: BaseException) -> str:
     import errno
 
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+    low = str(exc).lower()
+    # CUDA says "out of memory"; the CPU allocator says "can't allocate memory" (errno 12)
+    if isinstance(exc, MemoryError) or "out of memory" in low or "can't allocate memory" in low:
         return f"out of memory: {text[:300]}"
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return "disk full: no space left on device while writing the run"

@@ -1,0 +1,165 @@
+"""The reference experiments of issue 5 as data: one click (or one command) enqueues every run of a preset.
+
+A preset names the Hub model it was published on and the built-in tiny model of the same family; offline
+(or in tests) only the model changes, every other field of every spec stays the same.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import methods
+from .spec import RunSpec
+
+# learning rates that suit each method (full fine-tuning moves every weight, soft prompts need large steps)
+METHOD_LR = {"full": 5e-5, "last_layers": 1e-4, "bitfit": 1e-3, "lora": 5e-4, "adalora": 1e-3, "ia3": 3e-3,
+             "prompt": 3e-2, "ptuning": 1e-2, "prefix": 1e-2, "zero_shot": 5e-4}
+# a few examples, one epoch, one capacity per method: the whole preset in seconds, for smoke tests and a
+# first look
+QUICK = dict(train_samples=8, eval_samples=4, num_train_epochs=1, per_device_train_batch_size=8,
+             per_device_eval_batch_size=8)
+QUICK_TARGET_TOKENS = 16
+VIEWS = {"capacity_curve": "metric against capacity and trainable parameters (Curves page)",
+         "method_table": "per method: metric, change vs zero-shot and full fine-tuning, parameters, time, memory",
+         "training_curves": "per-epoch training loss and evaluation metric, all methods on one chart"}
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    title: str
+    description: str
+    models: tuple[str, ...]  # the Hub models it was published on
+    offline_model: str  # the built-in tiny model of the same family
+    datasets: tuple[str, ...]
+    methods: tuple[tuple[str, tuple[int, ...]], ...]  # (method, capacities); () for methods without a knob
+    task_by_dataset: dict = field(default_factory=dict)
+    spec: dict = field(default_factory=dict)  # fields every run of the preset shares
+    views: tuple[str, ...] = ("method_table", "training_curves")
+
+    def method_names(self) -> list[str]:
+        return [m for m, _ in self.methods]
+
+
+def _task(dataset: str) -> str:
+    from .tasks import DATASETS
+
+    return DATASETS[dataset].task
+
+
+PRESETS: dict[str, Preset] = {p.name: p for p in [
+    Preset("flan_t5_capacity", "FLAN-T5 capacity curves",
+           "Prompt tuning, prefix tuning and LoRA across their capacities on FLAN-T5 small and base, "
+           "for SST-2 classification and SAMSum summarization, against the zero-shot model.",
+           ("google/flan-t5-small", "google/flan-t5-base"), "builtin:tiny-t5", ("sst2", "samsum"),
+           (("zero_shot", ()), ("prompt", (10, 20, 50, 100)), ("prefix", (10, 20, 50, 100)),
+            ("lora", (4, 8, 16, 32))),
+           views=("capacity_curve", "method_table", "training_curves")),
+    Preset("t5_small_imdb", "T5-small on IMDb",
+           "Full fine-tuning against LoRA, AdaLoRA and P-tuning on IMDb reviews ('Review: {text}', 128 tokens).",
+           ("t5-small",), "builtin:tiny-t5", ("imdb",),
+           (("full", ()), ("lora", (8,)), ("adalora", (8,)), ("ptuning", (20,))),
+           spec=dict(prompt_template="Review: {text}", max_source_length=128)),
+    Preset("dialogue_summaries", "Dialogue summaries",
+           "Zero-shot FLAN-T5-base against full fine-tuning and LoRA r=32 on DialogSum.",
+           ("google/flan-t5-base",), "builtin:tiny-t5", ("dialogsum",),
+           (("zero_shot", ()), ("full", ()), ("lora", (32,))),
+           spec=dict(prompt_template="Summarize the following conversation.\n{text}\nSummary:")),
+    Preset("gpt2_news", "GPT-2 news summaries",
+           "GPT-2 on CNN/DailyMail 3.0.0 (article -> highlights): prompt tuning with 70 virtual tokens, LoRA r=8 "
+           "and fine-tuning of the top 2 blocks.",
+           ("gpt2",), "builtin:tiny-gpt2", ("cnn_dailymail",),
+           (("prompt", (70,)), ("lora", (8,)), ("last_layers", (2,)))),
+    Preset("bert_sst2", "BERT on SST-2",
+           "bert-base-uncased with a classification head on SST-2: full fine-tuning, LoRA, prefix tuning and "
+           "BitFit (bias terms only).",
+           ("bert-base-uncased",), "builtin:tiny-bert", ("sst2",),
+           (("full", ()), ("lora", (8,)), ("prefix", (20,)), ("bitfit", ()))),
+]}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"preset: unknown preset {name!r} (choose from {', '.join(PRESETS)})") from None
+
+
+def preset_specs(name: str, offline: bool = False, quick: bool = False) -> list[RunSpec]:
+    """Every run of a preset; offline swaps the Hub model for the built-in one and changes nothing else."""
+    p = get_preset(name)
+    models = [p.offline_model] if offline else list(p.models)
+    specs: list[RunSpec] = []
+    for model in models:
+        for dataset in p.datasets:
+            task = _task(dataset)
+            base = dict(task=task, dataset=dataset, model_name=model, **p.spec)
+            if quick:
+                base.update(QUICK)
+                if task == "summarization":
+                    base["max_target_length"] = QUICK_TARGET_TOKENS
+            for method, capacities in p.methods:
+                m = methods.get_method(method)
+                # quick: the smallest capacity of each method (one point per method, not a curve)
+                for cap in (capacities[:1] if quick else capacities) or (0,):
+                    values = {**base, "method": method, "learning_rate": METHOD_LR.get(method, 5e-4)}
+                    if m.capacity_name:
+                        values["capacity"] = cap
+                    specs.append(RunSpec.from_dict(values))
+    seen, out = set(), []
+    for s in specs:  # small and base share one tiny model offline
+        if s.spec_hash() not in seen:
+            seen.add(s.spec_hash())
+            out.append(s)
+    return out
+
+
+def spec_hashes(name: str) -> set[str]:
+    """Hashes of every variant of the preset (Hub or built-in model, full or quick budget)."""
+    return {s.spec_hash() for off in (False, True) for q in (False, True) for s in preset_specs(name, off, q)}
+
+
+def enqueue_preset(store, name: str, offline: bool = False, owner: str | None = None,
+                   quick: bool = False) -> dict:
+    """Queue the preset's runs that are neither stored nor already queued. Raises ValueError (one line)
+    when public mode forbids a run, before anything is queued."""
+    from . import jobs, public
+
+    specs = preset_specs(name, offline, quick)
+    for s in specs:
+        public.check_spec(s)
+    todo = [s for s in specs if store.find_completed(s) is None]  # completed, queued or running: skip
+    if public.is_public() and owner is not None and todo:
+        mine = len(store.list_runs(status=("queued", "running"), owner=owner))
+        if mine + len(todo) > public.LIMITS.jobs_per_visitor:
+            raise ValueError(f"preset: {len(todo)} runs exceed this public instance's limit of "
+                             f"{public.LIMITS.jobs_per_visitor} queued run(s) per visitor")
+    run_ids = [jobs.enqueue(store, s, owner=owner) for s in todo]
+    return {"run_ids": run_ids, "skipped": len(specs) - len(todo), "total": len(specs)}
+
+
+def preset_runs(store, name: str) -> list[dict]:
+    hashes = spec_hashes(name)
+    return [r for r in store.list_runs() if r.get("spec_hash") in hashes]
+
+
+def epoch_frame(runs: list[dict]):
+    """Long table of per-epoch training loss and evaluation metrics, one row per (run, epoch)."""
+    import pandas as pd
+
+    from .tasks import get_task
+
+    rows = []
+    for r in runs:
+        spec = r.get("spec")
+        if spec is None:
+            continue
+        m = methods.get_method(spec.method)
+        label = m.title + (f" {spec.capacity}" if m.capacity_name else "")
+        metric = get_task(spec.task).metric
+        for e in r.get("epochs") or []:
+            rows.append({"run_id": r["run_id"], "model_name": spec.model_name, "dataset": spec.dataset,
+                         "method": spec.method, "capacity": spec.capacity, "label": label,
+                         "epoch": e.get("epoch"), "train_loss": e.get("train_loss"),
+                         "metric_name": metric, "metric": e.get(metric)})
+    return pd.DataFrame(rows, columns=["run_id", "model_name", "dataset", "method", "capacity", "label", "epoch",
+                                       "train_loss", "metric_name", "metric"])
