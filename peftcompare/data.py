@@ -116,7 +116,7 @@ def _hub_split(ds: tasks.Dataset, split: str):
 
 def load_task_data(spec) -> TaskData:
     """The spec's training and validation examples (spec must be resolved())."""
-    from .models import hub_reachable
+    from .runtime import hub_reachable
 
     ds = tasks.get_dataset(spec.dataset)
     label_names = ds.label_names if spec.task == "classification" else ()

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from . import families
+from .runtime import hub_reachable  # noqa: F401 - re-exported; lives in a torch-free module
 
 BUILTIN_PREFIX = "builtin:"
 TOKENIZER_DIR = Path(__file__).parent / "builtin_tokenizer"
@@ -44,21 +44,6 @@ class Loaded:
 
 def builtin_names() -> list[str]:
     return [BUILTIN_PREFIX + n for n in ["tiny-t5", *FLAN_T5_SHAPES, *families.EXTRA_BUILTINS]]
-
-
-def hub_reachable(timeout: float = 1.5) -> bool:
-    """Whether the Hugging Face Hub can be reached (False at once when HF_HUB_OFFLINE is set)."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
-    try:
-        socket.setdefaulttimeout(timeout)
-        socket.getaddrinfo("huggingface.co", 443)
-        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-    finally:
-        socket.setdefaulttimeout(None)
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")

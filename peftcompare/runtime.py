@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import platform
 import resource
+import socket
 import sys
 from functools import lru_cache
 
@@ -105,3 +106,18 @@ def versions() -> dict:
     except Exception:  # a broken CUDA install must not stop a CPU run
         pass
     return out
+
+
+def hub_reachable(timeout: float = 1.5) -> bool:
+    """Whether the Hugging Face Hub can be reached (False at once when HF_HUB_OFFLINE is set)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        socket.setdefaulttimeout(timeout)
+        socket.getaddrinfo("huggingface.co", 443)
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+    finally:
+        socket.setdefaulttimeout(None)

@@ -93,7 +93,7 @@ examples, {spec.num_train_epochs} epochs, learning rate {spec.learning_rate}, ba
 seed {spec.seed}, precision {record.get('precision')}. Best epoch: {record.get('best_epoch')}.
 Trainable parameters: {record.get('trainable_params'):,} of {record.get('total_params'):,}.
 Data: {record.get('data_source')} (fingerprint `{record.get('data_fingerprint')}`).
-
+{"".join(f"Note: {n}." + chr(10) for n in record.get("notes") or [])}
 | metric | value |
 |---|---|
 {rows}
@@ -244,7 +244,8 @@ def run_training(spec: RunSpec, store: Store, run_id: str, progress=None) -> dic
               "train_samples_per_second": round(seen / train_time, 3) if train_time else None,
               "precision": precision, "device": device, "versions": runtime.versions(),
               "data_fingerprint": task_data.fingerprint(), "data_source": task_data.source,
-              "label_words": task_data.label_words, "fast_paths": fast}
+              "label_words": task_data.label_words, "fast_paths": fast,
+              "notes": _method_notes(spec, loaded)}
     adapter_bytes, adapter_dir = None, None
     if method.trains:
         staging = store.staging_path(run_id)
@@ -263,6 +264,16 @@ def run_training(spec: RunSpec, store: Store, run_id: str, progress=None) -> dic
     _log(f"done: {metric_name} {final[metric_name]:.4f} (best epoch {best_epoch}); "
          f"{record['train_samples_per_second'] or 0:.1f} train samples/s; run {run_id}")
     return record
+
+
+def _method_notes(spec: RunSpec, loaded) -> list[str]:
+    """What a reader of the record must know about how the method met this model."""
+    notes = []
+    if spec.method == "bitfit" and not any(n.endswith(".bias") for n, _ in loaded.model.named_parameters()):
+        notes.append(f"{spec.model_name} has no bias terms: BitFit tuned its LayerNorm weights instead")
+    if spec.method == "prefix" and loaded.family.name == "seq2seq":
+        notes.append(methods.get_method("prefix").note)
+    return notes
 
 
 def _primary_metric(spec: RunSpec) -> str:

@@ -1,0 +1,95 @@
+"""The app's pure helpers: Altair chart specs, ETA from throughput, sweep grids, uploads."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from peftcompare import analysis, curves, ui
+from peftcompare.spec import RunSpec
+from peftcompare.store import Store
+
+
+def agg_frame() -> pd.DataFrame:
+    rows = [("zero_shot", 0, 0, [0.50]), ("lora", 4, 6144, [0.60, 0.64]), ("lora", 8, 12288, [0.70, 0.72]),
+            ("prompt", 10, 640, [0.55, 0.57]), ("ia3", 0, 900, [0.66])]
+    runs = []
+    for method, cap, params, scores in rows:
+        for seed, s in enumerate(scores):
+            runs.append({"run_id": f"{method}-{cap}-{seed}", "task": "classification", "model_name": "m",
+                         "dataset": "sst2", "method": method, "capacity": cap, "seed": seed, "status": "completed",
+                         "trainable_params": params, "f1": s})
+    return analysis.aggregate(pd.DataFrame(runs), "f1")
+
+
+def layers(chart) -> list[dict]:
+    return chart.to_dict()["layer"]
+
+
+def test_efficiency_chart_log_axis_references_and_pareto():
+    agg = agg_frame()
+    curve, refs = curves.split_references(agg)
+    assert list(refs["method"]) == ["zero_shot"] and "zero_shot" not in set(curve["method"])
+    pareto = analysis.pareto_front(curve)
+    chart = curves.efficiency_chart(agg, "f1", "trainable_params", "std", pareto)
+    spec = layers(chart)
+    assert spec[0]["encoding"]["x"]["scale"]["type"] == "log"
+    front = [l for l in spec if l["mark"].get("shape") == "circle" if isinstance(l["mark"], dict)]
+    assert front, "no Pareto layer"
+    rules = [l for l in spec if isinstance(l["mark"], dict) and l["mark"].get("strokeDash") == [6, 4]]
+    assert len(rules) == 1
+    pts = curves.curve_points(curve, "trainable_params", "std", pareto)
+    # prompt 640 (0.56), ia3 900 (0.66), lora 12288 (0.71) are the front; lora 4 (0.62) is beaten by ia3
+    assert set(pts.loc[pts["pareto"], "run_ids"]) == {"prompt-10-0, prompt-10-1", "ia3-0-0", "lora-8-0, lora-8-1"}
+    lora8 = pts[pts["capacity"] == 8].iloc[0]
+    assert lora8["lo"] == pytest.approx(0.71 - lora8["std"]) and lora8["hi"] == pytest.approx(0.71 + lora8["std"])
+    # a capacity axis has no place for methods without a knob (log scale, capacity 0)
+    assert "ia3" not in set(curves.curve_points(curve, "capacity")["method"])
+    mm = curves.curve_points(curve, "trainable_params", "minmax")
+    assert mm.loc[mm["capacity"] == 4, "lo"].iloc[0] == 0.60
+
+
+def test_chart_files_render():
+    chart = curves.efficiency_chart(agg_frame(), "f1")
+    png = curves.to_png(chart, scale=1)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert curves.to_svg(chart).lstrip().startswith("<svg")
+    steps = pd.DataFrame({"run_id": ["a"] * 3 + ["b"] * 3, "step": [1, 2, 3] * 2, "epoch": [0.3] * 6,
+                          "loss": [3, 2, 1, 4, 3, 2.5]})
+    spec = curves.loss_chart(steps, {"a": "LoRA 8"}).to_dict()
+    assert spec["mark"]["type"] == "line" and spec["encoding"]["color"]["field"] == "run"
+
+
+def test_eta_uses_measured_throughput_and_sample_sizes():
+    spec = RunSpec(model_name="builtin:tiny-t5", train_samples=2000, num_train_epochs=2)
+    assert ui.train_size(spec, online=False) == 180  # the bundled sst2 sample has 180 rows
+    assert ui.train_size(spec, online=True) == 2000
+    assert ui.train_size(spec.replace(train_samples=0), online=True) is None
+    guess, measured = ui.estimate_seconds([spec], [], online=False)
+    assert not measured and guess == pytest.approx(180 * 2 / ui.DEFAULT_SPS["builtin:tiny-t5"] + ui.DEFAULT_OVERHEAD_S)
+    past = [{"status": "completed", "model_name": "builtin:tiny-t5", "train_samples_per_second": 90.0,
+             "started_at": 100.0, "finished_at": 110.0, "train_runtime": 6.0}]
+    secs, measured = ui.estimate_seconds([spec, spec.replace(method="zero_shot")], past, online=False)
+    assert measured and secs == pytest.approx((180 * 2 / 90 + 4) + 4)
+    assert ui.estimate_seconds([spec.replace(train_samples=0)], past, online=True) == (None, True)
+
+
+def test_grid_specs_and_int_lists():
+    base = RunSpec(model_name="builtin:tiny-t5")
+    grid = ui.grid_specs(base, ["lora", "bitfit"], [4, 8], [1, 2], zero_shot=True)
+    assert len(grid) == 1 + 2 * 2 + 2
+    assert {(s.method, s.capacity) for s in grid if s.method == "lora"} == {("lora", 4), ("lora", 8)}
+    assert ui.parse_int_list(" 4, 8;16 8", "capacities") == [4, 8, 16]
+    with pytest.raises(ValueError, match="capacities: expected whole numbers"):
+        ui.parse_int_list("4, eight", "capacities")
+    with pytest.raises(ValueError, match="capacity: rank r must be <= 1024"):
+        ui.grid_specs(base, ["lora"], [4096], [1], zero_shot=False)
+    with pytest.raises(ValueError, match="seeds"):
+        ui.grid_specs(base, ["lora"], [4], [], zero_shot=False)
+
+
+def test_save_upload_generates_names(tmp_path):
+    store = Store(tmp_path)
+    p = ui.save_upload(store, "../../x/My Data.JSONL", b'{"a": 1}\n')
+    assert p.parent == store.home / "results" / "uploads" and p.suffix == ".jsonl" and "My" not in p.name
+    with pytest.raises(ValueError, match="not JSONL, CSV or parquet"):
+        ui.save_upload(store, "evil.sh", b"rm -rf /")
