@@ -222,6 +222,9 @@ class Store:
         return bool(row and row[0])
 
     def delete(self, run_id: str) -> None:
+        from . import public
+
+        public.check_delete()
         check_run_id(run_id)
         run = self.get(run_id)
         if run is None:
@@ -260,11 +263,38 @@ class Store:
         return final
 
     def clean_staging(self) -> int:
+        """Remove staging dirs of dead processes; a CLI run or an import saving right now keeps its own."""
+        from .jobs import pid_alive
+
         n = 0
         for p in self.adapters_dir.glob(".tmp-*"):
+            pid = p.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and pid_alive(int(pid)):
+                continue
             shutil.rmtree(p, ignore_errors=True)
             n += 1
         return n
+
+    def import_run(self, row: dict, steps: list[tuple], staging: Path | None, overwrite: bool = False) -> None:
+        """Insert a validated run from a bundle; its adapter (already in `staging`) goes into place first,
+        so a completed record never points at a missing adapter."""
+        run_id = check_run_id(row["run_id"])
+        existing = self.get(run_id)
+        if existing and not overwrite:
+            raise ValueError(f"run_id: run {run_id} already exists (import with overwrite to replace it)")
+        if existing and existing["status"] in ACTIVE:
+            raise ValueError(f"run {run_id} is {existing['status']}: cancel it before replacing it")
+        row = {k: v for k, v in row.items() if k in _COLUMNS}
+        row["adapter_dir"] = str(self.commit_adapter(run_id, staging)) if staging is not None else None
+        if staging is None:
+            shutil.rmtree(self.adapters_dir / run_id, ignore_errors=True)
+        cols = ", ".join(row)
+        with self._conn(write=True) as conn:
+            conn.execute("DELETE FROM steps WHERE run_id=?", (run_id,))
+            conn.execute(f"INSERT OR REPLACE INTO runs ({cols}) VALUES ({','.join('?' * len(row))})",
+                         tuple(row.values()))
+            conn.executemany("INSERT OR REPLACE INTO steps VALUES (?,?,?,?,?,?)",
+                             [(run_id, *s) for s in steps])
 
     def counts(self) -> dict[str, int]:
         with self._conn() as conn:
