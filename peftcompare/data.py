@@ -149,9 +149,10 @@ def load_task_data(spec) -> TaskData:
                     "validation_file" if frames["validation"][0] == "file" else "validation data")
     label_words: list[str] = []
     if spec.task == "classification":
-        seen = {e.target for e in train + val}
+        seen = {e.target for e in train}
         # a file with its own label words ("bad"/"good") under a preset with integer labels keeps its words
-        label_words = list(label_names) if label_names and seen <= set(label_names) else sorted(seen)
+        label_words = (list(label_names) if label_names and seen | {e.target for e in val} <= set(label_names)
+                       else sorted(seen))
         if len(label_words) < 2:
             raise ValueError("train_file: classification needs at least two distinct labels")
         unknown = {e.target for e in val} - set(label_words)

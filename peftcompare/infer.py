@@ -1,13 +1,16 @@
 """The Compare engine: one base model in memory, many adapters attached to it.
 
 Zero-shot and every LoRA adapter answer in ONE batched call with per-row adapter selection (PEFT's
-mixed-adapter batches). Prompt-tuning adapters share one batched call too (their soft prompts are
-prepended to the embeddings row by row). Other methods attach to the same base one at a time; methods
-that change base weights (full, last_layers, bitfit) swap their tensors in and back out.
+mixed-adapter batches: rows named "__base__" skip LoRA). Prompt-tuning and P-tuning adapters share a
+second batched call: each row gets its own soft prompt prepended to its input embeddings, and the
+base encoder runs once for all of them. Other methods attach to the same base one at a time:
+prefix-tuning as a thin PeftModel wrapper, IA3/AdaLoRA injected and unloaded again, and methods that
+change base weights (full, last_layers, bitfit) swap their tensors in and back out.
 """
 from __future__ import annotations
 
 import json
+import math
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -20,7 +23,9 @@ from . import methods, models, runtime, tasks
 from .spec import RunSpec
 
 MAX_COMPARE_CHARS = 20_000
+BASE = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
 LORA_LIKE = {"lora"}
+SOFT_PROMPT = {"prompt", "ptuning"}  # input-embedding prompts: batched together
 PROMPT_LIKE = {"prompt", "prefix", "ptuning"}
 INJECTED = {"ia3", "adalora"}
 
@@ -44,8 +49,14 @@ def read_adapter(path: str | Path) -> dict:
         raise ValueError(f"adapter: {p.name} has no {weights} (incomplete adapter)")
     if m.make_config is not None and not (p / "adapter_config.json").is_file():
         raise ValueError(f"adapter: {p.name} has no adapter_config.json (incomplete adapter)")
+    from .integrity import adapter_problems
+
+    problems = adapter_problems(p)  # pickles (never loaded), links, truncated or malformed safetensors
+    if problems:
+        raise ValueError(f"adapter: {p.name}: {problems[0]}")
     record["_spec"] = spec
     record["_dir"] = p
+    record["_weights"] = p / weights
     return record
 
 
@@ -54,30 +65,198 @@ def load_adapter_model(path: str | Path):
     rec = read_adapter(path)
     spec = rec["_spec"]
     loaded = models.load_model(spec.model_name)
+    check_fits(rec, loaded)
     if methods.get_method(spec.method).make_config is not None:
         from peft import PeftModel
 
         return PeftModel.from_pretrained(loaded.model, str(rec["_dir"]))
     from safetensors.torch import load_file
 
-    loaded.model.load_state_dict(load_file(str(rec["_dir"] / "trainable.safetensors")), strict=False)
+    loaded.model.load_state_dict(load_file(str(rec["_weights"])), strict=False)
     return loaded.model
 
 
+def _shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+
+
+def _features(module) -> tuple[int | None, int | None]:
+    module = getattr(module, "base_layer", module)  # a layer PEFT has wrapped already
+    if hasattr(module, "nx") and hasattr(module, "nf"):  # GPT-2's Conv1D stores its weight as (in, out)
+        return module.nx, module.nf
+    w = getattr(module, "weight", None)
+    return (getattr(module, "in_features", None) or (w.shape[1] if w is not None and w.dim() == 2 else None),
+            getattr(module, "out_features", None) or (w.shape[0] if w is not None and w.dim() == 2 else None))
+
+
+def base_parameter(model, name: str):
+    """The base model's parameter `name`, also when PEFT has wrapped its layer (q -> q.base_layer)."""
+    path, _, leaf = name.rpartition(".")
+    try:
+        module = model.get_submodule(path) if path else model
+    except AttributeError:
+        return None
+    module = getattr(module, "base_layer", module)
+    p = getattr(module, leaf, None)
+    return p if isinstance(p, torch.nn.Parameter) else None
+
+
+def check_fits(rec: dict, loaded: models.Loaded) -> None:
+    """ValueError unless the adapter's tensors fit this base model (checked before anything is attached:
+    a failed PEFT load would leave half-injected layers in the shared base)."""
+    spec, model = rec["_spec"], loaded.model
+    name = rec["_dir"].name
+
+    def refuse(what: str, got, need):
+        raise ValueError(f"adapter: {name} was made for another base model than {loaded.name} "
+                         f"({what} has shape {tuple(got)}, {loaded.name} needs {tuple(need)})")
+
+    shapes = _shapes(rec["_weights"])
+    if methods.get_method(spec.method).make_config is None:
+        for key, shape in shapes.items():
+            param = base_parameter(model, key)
+            if param is None:
+                raise ValueError(f"adapter: {name} was made for another base model than {loaded.name} "
+                                 f"(it has no parameter {key})")
+            if tuple(param.shape) != shape:
+                refuse(key, shape, param.shape)
+        return
+    cfg = json.loads((rec["_dir"] / "adapter_config.json").read_text())
+    if "prompt_embeddings" in shapes:
+        shape = shapes["prompt_embeddings"]
+        if spec.method == "prefix" or cfg.get("peft_type") == "PREFIX_TUNING":
+            heads, head_dim, layers = loaded.family.attention_geometry(model.config)
+            need = 2 * layers * heads * head_dim
+        else:
+            need = model.get_input_embeddings().weight.shape[1]
+        if shape[-1] != need:
+            refuse("prompt_embeddings", shape, (shape[0], need))
+        return
+    for key, shape in shapes.items():
+        path = key.removeprefix("base_model.model.")
+        for marker in (".lora_A", ".lora_B", ".lora_E", ".ia3_l"):
+            if marker in path:
+                path, part = path.split(marker, 1)[0], marker
+                break
+        else:
+            continue
+        try:
+            module = model.get_submodule(path)
+        except AttributeError:
+            raise ValueError(f"adapter: {name} was made for another base model than {loaded.name} "
+                             f"(no module {path})") from None
+        fin, fout = _features(module)
+        if part == ".lora_A" and fin is not None and shape[-1] != fin:
+            refuse(key, shape, (shape[0], fin))
+        if part == ".lora_B" and fout is not None and shape[0] != fout:
+            refuse(key, shape, (fout, shape[-1]))
+        if part == ".ia3_l" and fin is not None and max(shape) not in (fin, fout):
+            refuse(key, shape, (fout, 1))
+
+
+# a LoRA adapter the bank can hold: plain low-rank updates on linear layers, nothing else
+_BANK_OFF = ("use_dora", "lora_bias", "modules_to_save", "fan_in_fan_out", "trainable_token_indices",
+             "alora_invocation_tokens", "layer_replication", "target_parameters", "rank_pattern", "alpha_pattern")
+
+
+class LoraBank:
+    """Every loaded LoRA adapter, stacked per layer: one gathered matmul pair per adapted layer and call.
+
+    PEFT's mixed-adapter batches loop over the adapters inside every LoRA layer (8 adapters x 48 layers
+    of flan-t5-small = 384 small sub-batch products per decoder step, which took 2.2x the latency of a
+    zero-shot call). Here each row's A and B are gathered once per comparison, and every adapted layer
+    adds bmm(bmm(x, A_rows), B_rows) through a forward hook; the base model itself is never modified.
+    """
+
+    def __init__(self, model, device: str):
+        self.model, self.device = model, device
+        self.adapters: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.stamps: dict[str, float] = {}
+        self._cache: tuple | None = None  # (row names, {module: (A_rows, B_rows)})
+
+    @staticmethod
+    def supports(rec: dict) -> bool:
+        cfg = json.loads((rec["_dir"] / "adapter_config.json").read_text())
+        return cfg.get("peft_type") == "LORA" and not any(cfg.get(k) for k in _BANK_OFF)
+
+    def add(self, name: str, rec: dict, stamp: float) -> None:
+        from safetensors.torch import load_file
+
+        if self.stamps.get(name) == stamp:
+            return
+        cfg = json.loads((rec["_dir"] / "adapter_config.json").read_text())
+        tensors = load_file(str(rec["_weights"]), device=self.device)
+        layers: dict[str, list] = {}
+        for key, t in tensors.items():
+            path = key.removeprefix("base_model.model.")
+            for part in ("lora_A", "lora_B"):
+                if f".{part}." in path:
+                    layers.setdefault(path.split(f".{part}.")[0], [None, None])[part == "lora_B"] = t.float()
+        bank = {}
+        for path, (a, b) in layers.items():
+            r = a.shape[0]
+            scale = cfg["lora_alpha"] / (math.sqrt(r) if cfg.get("use_rslora") else r)
+            bank[path] = (a.t().contiguous(), (b * scale).t().contiguous())  # [in, r], [r, out]
+        self.adapters[name], self.stamps[name] = bank, stamp
+        self._cache = None
+
+    def _gathered(self, rows: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        if self._cache is not None and self._cache[0] == rows:
+            return self._cache[1]
+        out = {}
+        paths = {p for n in rows if n in self.adapters for p in self.adapters[n]}
+        for path in paths:
+            present = [self.adapters[n][path] for n in rows if n in self.adapters and path in self.adapters[n]]
+            r = max(a.shape[1] for a, _ in present)
+            fin, fout = present[0][0].shape[0], present[0][1].shape[1]
+            a_rows = torch.zeros(len(rows), fin, r, device=self.device)
+            b_rows = torch.zeros(len(rows), r, fout, device=self.device)
+            for i, n in enumerate(rows):  # zero-shot rows and ranks below r stay zero: no update
+                if n in self.adapters and path in self.adapters[n]:
+                    a, b = self.adapters[n][path]
+                    a_rows[i, :, : a.shape[1]], b_rows[i, : b.shape[0]] = a, b
+            out[path] = (a_rows, b_rows)
+        self._cache = (list(rows), out)
+        return out
+
+    @contextmanager
+    def rows(self, rows: list[str]):
+        """Within the block, row i of every batch gets adapter rows[i] (BASE: none)."""
+        handles = []
+        try:
+            for path, (a_rows, b_rows) in self._gathered(rows).items():
+                def hook(module, args, output, a_rows=a_rows, b_rows=b_rows):
+                    delta = torch.bmm(torch.bmm(args[0], a_rows), b_rows)  # autocast picks the dtype
+                    return output + delta.to(output.dtype)
+                handles.append(self.model.get_submodule(path).register_forward_hook(hook))
+            yield self.model
+        finally:
+            for h in handles:
+                h.remove()
+
+
 class CompareEngine:
-    def __init__(self, store=None, device: str | None = None):
-        self.store = store
+    def __init__(self, store=None, device: str | None = None, precision: str = "auto", lora_backend: str = "bank"):
+        """lora_backend: "bank" (gathered per-row LoRA, see LoraBank) or "peft" (PEFT's mixed-adapter batches,
+        adapter_names=...); adapters the bank cannot hold (DoRA, modules_to_save, ...) always use PEFT."""
+        if lora_backend not in ("bank", "peft"):
+            raise ValueError("lora_backend: choose bank or peft")
+        self.store, self.lora_backend = store, lora_backend
+        self.bank: LoraBank | None = None
         self.device = device or runtime.device_name()
         self.loaded: models.Loaded | None = None
         self.lora = None  # PeftModel holding every LoRA adapter loaded so far
-        self.lora_names: set[str] = set()
-        self.prompt_models: dict[str, object] = {}
-        self.precision, self.dtype = runtime.resolve_precision("auto", self.device)
+        self.lora_stamps: dict[str, float] = {}  # adapter name -> weights file mtime when loaded
+        self.soft_prompts: dict[tuple[str, float], torch.Tensor] = {}
+        self.precision, self.dtype = runtime.resolve_precision(precision, self.device)
 
     # -- state --------------------------------------------------------------------------------------
     def _base(self, model_name: str) -> models.Loaded:
         if self.loaded is None or self.loaded.name != model_name:
-            self.loaded, self.lora, self.lora_names, self.prompt_models = None, None, set(), {}
+            self.loaded, self.lora, self.lora_stamps, self.soft_prompts, self.bank = None, None, {}, {}, None
             if self.device == "cpu":
                 runtime.configure_cpu()
             self.loaded = models.load_model(model_name, device=self.device)
@@ -87,18 +266,25 @@ class CompareEngine:
     def _raw(self):
         return self.loaded.model
 
+    @staticmethod
+    def _stamp(rec: dict) -> float:
+        return rec["_weights"].stat().st_mtime
+
     def _ensure_lora(self, rec: dict):
         from peft import PeftModel
 
-        name = rec["run_id"]
-        if name in self.lora_names:
+        name, stamp = rec["run_id"], self._stamp(rec)
+        if self.lora_stamps.get(name) == stamp:
             return
+        if name in self.lora_stamps:  # the run was replaced (re-import): reload it
+            self.lora.delete_adapter(name)
+            del self.lora_stamps[name]
         if self.lora is None:
             self.lora = PeftModel.from_pretrained(self._raw(), str(rec["_dir"]), adapter_name=name)
         else:
             self.lora.load_adapter(str(rec["_dir"]), adapter_name=name)
         self.lora.eval()
-        self.lora_names.add(name)
+        self.lora_stamps[name] = stamp
 
     @contextmanager
     def _plain_base(self):
@@ -107,9 +293,11 @@ class CompareEngine:
             yield self._raw()
 
     def _drop_lora(self):
+        """Injected adapters of another kind (IA3, AdaLoRA) cannot share layers with LoRA: unload it
+        (the LoRA adapters reload from disk on the next comparison that needs them)."""
         if self.lora is not None:
             self.lora.unload()
-            self.lora, self.lora_names = None, set()
+            self.lora, self.lora_stamps = None, {}
 
     def records(self, run_ids: list[str]) -> list[dict]:
         out = []
@@ -145,6 +333,8 @@ class CompareEngine:
         task = task_names.pop() if task_names else "classification"
         model_name = names.pop() if names else "builtin:tiny-t5"
         loaded = self._base(model_name)
+        for r in recs:  # refuse a mismatched adapter before any of them touches the shared base
+            check_fits(r, loaded)
         zs_spec = RunSpec(task=task, method="zero_shot", model_name=model_name).resolved()
         if recs:  # the zero-shot column uses the adapters' template and lengths, so only the adapter differs
             s = recs[0]["_spec"]
@@ -153,40 +343,53 @@ class CompareEngine:
         label_words = recs[0].get("label_words") if recs else None
         if task == "classification" and not label_words:
             label_words = list(tasks.get_dataset(zs_spec.dataset).label_names) or ["negative", "positive"]
-        columns = [{"key": "__base__", "label": "zero-shot", "spec": zs_spec, "method": "zero_shot"}]
+        columns = [{"key": BASE, "label": "zero-shot", "spec": zs_spec, "method": "zero_shot"}]
         for r in recs:
             s = r["_spec"]
-            columns.append({"key": r["run_id"], "label": f"{methods.get_method(s.method).title} "
-                            f"{s.capacity if methods.get_method(s.method).capacity_name else ''} (seed {s.seed})"
-                            .replace("  ", " "), "spec": s, "method": s.method, "rec": r})
+            m = methods.get_method(s.method)
+            columns.append({"key": r["run_id"], "label": f"{m.title} {s.capacity if m.capacity_name else ''} "
+                            f"(seed {s.seed})".replace("  ", " "), "spec": s, "method": s.method, "rec": r})
         max_new = max_new_tokens or zs_spec.max_target_length
+        run = lambda model, cols, kw: self._run_rows(model, cols, text, task, label_words, max_new, kw)  # noqa
         results: dict[str, dict] = {}
-        # group 1: zero-shot + LoRA adapters in one mixed batch
-        lora_cols = [c for c in columns if c["method"] in LORA_LIKE]
-        for c in lora_cols:
-            self._ensure_lora(c["rec"])
-        group = [columns[0], *lora_cols]
-        model = self.lora if lora_cols else self._raw()
-        kwargs = {"adapter_names": [c["key"] for c in group]} if lora_cols else {}
-        results.update(self._run_rows(model, group, text, task, label_words, max_new, kwargs))
-        # group 2: prompt-learning adapters, each a thin wrapper around the same base
-        for c in [c for c in columns if c["method"] in PROMPT_LIKE]:
-            with self._plain_base():
-                results.update(self._run_rows(self._prompt_model(c["rec"]), [c], text, task, label_words,
-                                              max_new, {}))
-        # group 3: injected adapters (IA3, AdaLoRA) and weight-changing methods, one at a time
+        # injected adapters first: they unload LoRA, which the mixed batch below then reloads once
         for c in [c for c in columns if c["method"] in INJECTED]:
             self._drop_lora()
             from peft import PeftModel
 
-            wrapped = PeftModel.from_pretrained(self._raw(), str(c["rec"]["_dir"]))
+            wrapped = PeftModel.from_pretrained(self._raw(), str(c["rec"]["_dir"])).eval()
             try:
-                results.update(self._run_rows(wrapped, [c], text, task, label_words, max_new, {}))
+                results.update(run(wrapped, [c], {}))
             finally:
                 wrapped.unload()
+        # zero-shot + every LoRA adapter: one mixed batch
+        lora_cols = [c for c in columns if c["method"] in LORA_LIKE]
+        group = [columns[0], *lora_cols]
+        if lora_cols and self.lora_backend == "bank" and all(LoraBank.supports(c["rec"]) for c in lora_cols):
+            if self.bank is None:
+                self.bank = LoraBank(self._raw(), self.device)
+            for c in lora_cols:
+                self.bank.add(c["key"], c["rec"], self._stamp(c["rec"]))
+            with self._plain_base(), self.bank.rows([c["key"] for c in group]) as model:
+                results.update(run(model, group, {}))
+        elif lora_cols:
+            for c in lora_cols:
+                self._ensure_lora(c["rec"])
+            results.update(run(self.lora, group, {"adapter_names": [c["key"] for c in group]}))
+        else:
+            with self._plain_base() as raw:
+                results.update(run(raw, group, {}))
+        soft = [c for c in columns if c["method"] in SOFT_PROMPT and self._groupable(c["rec"])]
+        if soft:  # every soft-prompt adapter: one batch, one encoder pass
+            with self._plain_base():
+                results.update(self._run_soft_prompts(soft, text, task, label_words, max_new))
+        for c in [c for c in columns if c["method"] in PROMPT_LIKE and c["key"] not in results]:
+            with self._plain_base() as raw:
+                wrapped = self._prompt_model(raw, c["rec"])
+                results.update(run(wrapped, [c], {}))
         for c in [c for c in columns if methods.get_method(c["method"]).prepare is not None]:
             with self._plain_base() as raw, self._swapped(raw, c["rec"]):
-                results.update(self._run_rows(raw, [c], text, task, label_words, max_new, {}))
+                results.update(run(raw, [c], {}))
         out_cols = []
         for c in columns:
             r = results[c["key"]]
@@ -203,23 +406,62 @@ class CompareEngine:
         return {"task": task, "model_name": model_name, "text": text, "reference": reference,
                 "columns": out_cols, "precision": self.precision, "device": self.device}
 
-    def _prompt_model(self, rec: dict):
+    # -- prompt learning ----------------------------------------------------------------------------
+    def _groupable(self, rec: dict) -> bool:
+        cfg = json.loads((rec["_dir"] / "adapter_config.json").read_text())
+        # two submodules would also prepend to the decoder; such (imported) adapters run one at a time
+        return bool(self._raw().config.is_encoder_decoder) and cfg.get("num_transformer_submodules", 1) == 1
+
+    def _soft_prompt(self, rec: dict) -> torch.Tensor:
+        """[virtual tokens, d_model]: PEFT saves the prompt encoder's output, which is what it prepends."""
+        from safetensors.torch import load_file
+
+        key = (rec["run_id"], self._stamp(rec))
+        if key not in self.soft_prompts:
+            cfg = json.loads((rec["_dir"] / "adapter_config.json").read_text())
+            emb = load_file(str(rec["_weights"]))["prompt_embeddings"]
+            self.soft_prompts[key] = emb[: cfg["num_virtual_tokens"]].to(self.device)
+        return self.soft_prompts[key]
+
+    @torch.no_grad()
+    def _run_soft_prompts(self, cols: list[dict], text: str, task: str, label_words, max_new: int) -> dict:
+        from transformers.modeling_outputs import BaseModelOutput
+
+        raw, fam, tok = self._raw(), self.loaded.family, self.loaded.tokenizer
+        embed = raw.get_input_embeddings()
+        rows = []
+        for c in cols:
+            ids = fam.encode_inputs([data_mod.render(c["spec"].prompt_template, text)], tok,
+                                    c["spec"].max_source_length)[0]["input_ids"]
+            tokens = embed(torch.tensor(ids, device=self.device))
+            rows.append(torch.cat([self._soft_prompt(c["rec"]).to(tokens.dtype), tokens], 0))
+        width = max(r.shape[0] for r in rows)
+        embeds = rows[0].new_zeros(len(rows), width, rows[0].shape[1])
+        mask = torch.zeros(len(rows), width, dtype=torch.long, device=self.device)
+        for i, r in enumerate(rows):  # prompt first, then the text, then padding (masked)
+            embeds[i, : r.shape[0]], mask[i, : r.shape[0]] = r, 1
+        t0 = time.perf_counter()
+        with eval_mod.autocast(self.device, self.dtype):
+            enc = BaseModelOutput(last_hidden_state=raw.get_encoder()(inputs_embeds=embeds, attention_mask=mask,
+                                                                      return_dict=True).last_hidden_state)
+        # the decoder only needs the batch shape from input_ids once the encoder has run
+        batch = {"input_ids": torch.full_like(mask, tok.pad_token_id), "attention_mask": mask}
+        outs = self._answer(raw, batch, task, label_words, max_new, {"encoder_outputs": enc})
+        ms = (time.perf_counter() - t0) * 1000
+        return {c["key"]: {**o, "latency_ms": ms, "batched_with": len(cols)} for c, o in zip(cols, outs)}
+
+    def _prompt_model(self, raw, rec: dict):
         from peft import PeftModel
 
-        key = rec["run_id"]
-        if key not in self.prompt_models:
-            self.prompt_models[key] = PeftModel.from_pretrained(self._raw(), str(rec["_dir"])).eval()
-        return self.prompt_models[key]
+        return PeftModel.from_pretrained(raw, str(rec["_dir"])).eval()
 
+    # -- weight-changing methods --------------------------------------------------------------------
     @contextmanager
     def _swapped(self, raw, rec: dict):
         from safetensors.torch import load_file
 
-        saved = load_file(str(rec["_dir"] / "trainable.safetensors"), device=self.device)
-        params = dict(raw.named_parameters())
-        unknown = [n for n in saved if n not in params]
-        if unknown:
-            raise ValueError(f"adapter: {rec['_dir'].name} does not fit {self.loaded.name} ({unknown[0]})")
+        saved = load_file(str(rec["_weights"]), device=self.device)
+        params = {n: base_parameter(raw, n) for n in saved}
         backup = {n: params[n].detach().clone() for n in saved}
         try:
             with torch.no_grad():
@@ -231,6 +473,18 @@ class CompareEngine:
                 for n, t in backup.items():
                     params[n].copy_(t)
 
+    # -- one batched call ---------------------------------------------------------------------------
+    def _answer(self, model, batch: dict, task: str, label_words, max_new: int, kwargs: dict) -> list[dict]:
+        fam, tok = self.loaded.family, self.loaded.tokenizer
+        with eval_mod.autocast(self.device, self.dtype):
+            if task == "classification":
+                ids = eval_mod.label_token_ids(tok, label_words)
+                p = torch.softmax(fam.label_logprobs(model, batch, ids, **kwargs).float(), -1)
+                best = p.argmax(-1).tolist()
+                return [{"output": label_words[b], "probability": float(p[i, b])} for i, b in enumerate(best)]
+            texts = fam.generate(model, batch, tok, max_new, **kwargs)
+            return [{"output": t.strip()} for t in texts]
+
     @torch.no_grad()
     def _run_rows(self, model, cols: list[dict], text: str, task: str, label_words, max_new: int,
                   kwargs: dict) -> dict:
@@ -239,14 +493,6 @@ class CompareEngine:
                                    c["spec"].max_source_length)[0] for c in cols]
         batch = {k: v.to(self.device) for k, v in fam.collate(feats, tok).items()}
         t0 = time.perf_counter()
-        with eval_mod.autocast(self.device, self.dtype):
-            if task == "classification":
-                ids = eval_mod.label_token_ids(tok, label_words)
-                p = torch.softmax(fam.label_logprobs(model, batch, ids, **kwargs).float(), -1)
-                best = p.argmax(-1).tolist()
-                outs = [{"output": label_words[b], "probability": float(p[i, b])} for i, b in enumerate(best)]
-            else:
-                texts = fam.generate(model, batch, tok, max_new, **kwargs)
-                outs = [{"output": t.strip()} for t in texts]
+        outs = self._answer(model, batch, task, label_words, max_new, kwargs)
         ms = (time.perf_counter() - t0) * 1000
         return {c["key"]: {**o, "latency_ms": ms, "batched_with": len(cols)} for c, o in zip(cols, outs)}

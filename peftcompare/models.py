@@ -79,6 +79,16 @@ def _hub_kwargs(name: str) -> dict:
     return kwargs
 
 
+def _from_hub(auto_class, name: str, what: str):
+    """auto_class.from_pretrained for a Hub id or local path; offline or missing -> one-line ModelUnavailable."""
+    kwargs = _hub_kwargs(name)
+    try:
+        return auto_class.from_pretrained(os.path.expanduser(name), trust_remote_code=False, **kwargs)
+    except OSError:
+        raise ModelUnavailable(_offline_message(name) if kwargs.get("local_files_only")
+                               else f"model_name: could not load a {what} for {name}") from None
+
+
 def load_config(name: str):
     """The model's config without its weights (for parameter counts and the Train page)."""
     if name.startswith(BUILTIN_PREFIX):
@@ -86,12 +96,7 @@ def load_config(name: str):
         return families.builtin_config(name[len(BUILTIN_PREFIX):], _tokenizer_vocab_size())
     from transformers import AutoConfig
 
-    kwargs = _hub_kwargs(name)
-    try:
-        return AutoConfig.from_pretrained(os.path.expanduser(name), trust_remote_code=False, **kwargs)
-    except OSError:
-        raise ModelUnavailable(_offline_message(name) if kwargs.get("local_files_only")
-                               else f"model_name: could not load a config for {name}") from None
+    return _from_hub(AutoConfig, name, "config")
 
 
 def load_tokenizer(name: str):
@@ -99,12 +104,7 @@ def load_tokenizer(name: str):
         return builtin_tokenizer()
     from transformers import AutoTokenizer
 
-    kwargs = _hub_kwargs(name)
-    try:
-        return AutoTokenizer.from_pretrained(os.path.expanduser(name), trust_remote_code=False, **kwargs)
-    except OSError:
-        raise ModelUnavailable(_offline_message(name) if kwargs.get("local_files_only")
-                               else f"model_name: could not load a tokenizer for {name}") from None
+    return _from_hub(AutoTokenizer, name, "tokenizer")
 
 
 def load_model(name: str, device: str | None = None, meta: bool = False) -> Loaded:

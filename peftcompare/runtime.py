@@ -74,7 +74,7 @@ def configure_cpu(world_size: int = 1) -> dict:
     threads = max(1, usable_cores() // max(1, world_size))
     torch.set_num_threads(threads)
     flushed = bool(torch.set_flush_denormal(True))
-    return {"threads": threads, "flush_denormal": flushed}
+    return {"threads": threads, "flush_denormal": flushed, "gomp_spincount": os.environ.get("GOMP_SPINCOUNT")}
 
 
 def peak_memory_mb(device: str) -> float:

@@ -119,7 +119,8 @@ def run_training(spec: RunSpec, store: Store, run_id: str, progress=None) -> dic
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     device = str(accelerator.device)
-    fast = runtime.configure_cpu(world) if device == "cpu" else {"threads": torch.get_num_threads()}
+    # data-parallel CPU processes get "cpu:0": they need their share of the threads all the same
+    fast = runtime.configure_cpu(world) if device.startswith("cpu") else {"threads": torch.get_num_threads()}
     precision, dtype = runtime.resolve_precision(spec.precision, device)
     torch.manual_seed(spec.seed)
 
@@ -145,6 +146,7 @@ def run_training(spec: RunSpec, store: Store, run_id: str, progress=None) -> dic
     model.to(device)
     fast.update({"precision": precision, "dynamic_padding": True, "length_grouped_batches": True,
                  "label_scoring": spec.task == "classification", "tokenization_cache": True,
+                 "sorted_generation_kv_cache": spec.task == "summarization",
                  "world_size": world, "load_seconds": round(time.perf_counter() - t_load, 3)})
     if main:
         store.update(run_id, trainable_params=trainable, total_params=total, precision=precision, device=device,

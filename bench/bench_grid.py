@@ -1,0 +1,165 @@
+"""Estimate of the full reference grid on this machine, from measured throughput.
+
+The grid: LoRA, prefix-tuning and prompt-tuning x 4 capacities x 2 tasks (SST-2, SAMSum), 2000 training
+examples, 3 epochs, evaluation after every epoch (as run_training does) on the full validation sets:
+SST-2 872 sentences (label scoring), SAMSum 818 dialogues (greedy generation, up to 128 new tokens).
+
+Measured here on builtin:random-flan-t5-small with the training loop's own pieces (prepare_model,
+length-grouped batches, dynamic padding, precision auto), on synthetic token sequences of realistic
+length: SST-2 sources ~25 tokens and 1-token labels; SAMSum dialogues ~150 tokens and summaries ~30.
+Each method is measured at its smallest and largest grid capacity (--warmup + --steps training steps,
+one evaluation batch); capacities in between are interpolated linearly. A random model never emits
+EOS, so every generation runs the full 128 tokens: the SAMSum figure is an upper bound.
+
+    python bench/bench_grid.py [--quick] [--device cuda]
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import time
+
+import _common as C
+
+TASKS = {  # name: (task, source tokens, target tokens, validation size, train batch, eval batch)
+    "sst2": ("classification", 25, 2, 872),
+    "samsum": ("summarization", 150, 30, 818),
+}
+METHODS = ("lora", "prefix", "prompt")
+TRAIN_EXAMPLES, EPOCHS, BATCH, MAX_NEW = 2000, 3, 16, 128
+
+
+def synthetic(n: int, mean: int, vocab: int, seed: int) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(3, vocab) for _ in range(max(2, int(mean * rng.uniform(0.5, 1.5)) - 1))] + [1]
+            for _ in range(n)]
+
+
+def measure(model_name: str, method: str, capacity: int, task_key: str, steps: int, warmup: int,
+            device: str) -> dict:
+    import torch
+
+    from peftcompare import data as data_mod
+    from peftcompare import evaluate as eval_mod
+    from peftcompare import models, runtime, train
+    from peftcompare.spec import RunSpec
+
+    task, src_len, tgt_len, _ = TASKS[task_key]
+    spec = RunSpec(task=task, method=method, capacity=capacity, model_name=model_name,
+                   per_device_train_batch_size=BATCH, per_device_eval_batch_size=BATCH).resolved()
+    _, dtype = runtime.resolve_precision(spec.precision, device)
+    t0 = time.perf_counter()
+    loaded = models.load_model(model_name)
+    load_s = time.perf_counter() - t0
+    vocab = min(len(loaded.tokenizer), loaded.model.config.vocab_size)
+    n = (warmup + steps) * BATCH
+    sources = synthetic(n, src_len, vocab, 1)
+    targets = synthetic(n, tgt_len, vocab, 2) if task == "summarization" else \
+        [[random.Random(i).choice([230, 231]), 1] for i in range(n)]
+    feats = [{"input_ids": s, "labels": t} for s, t in zip(sources, targets)]
+    model = train.prepare_model(spec, loaded, total_steps=100).to(device)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=spec.learning_rate)
+    lengths = [len(f["input_ids"]) + len(f["labels"]) for f in feats]
+    batches = data_mod.length_grouped_batches(lengths, BATCH, 0)
+    model.train()
+    for i, idx in enumerate(batches[: warmup + steps]):
+        if i == warmup:
+            C.sync(device)
+            t_train = time.perf_counter()
+        batch = {k: v.to(device) for k, v in loaded.family.collate([feats[j] for j in idx],
+                                                                    loaded.tokenizer).items()}
+        with eval_mod.autocast(device, dtype):
+            loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    C.sync(device)
+    train_s = (time.perf_counter() - t_train) / steps
+    # one evaluation batch, as evaluate() runs it (after a warm-up batch)
+    model.eval()
+    eval_feats = [{"input_ids": s} for s in synthetic(2 * BATCH, src_len, vocab, 3)]
+    with torch.no_grad():
+        for k in range(2):
+            rows = eval_feats[k * BATCH:(k + 1) * BATCH] if task == "classification" else \
+                eval_feats[k * BATCH:k * BATCH + (2 if k == 0 else BATCH)]  # short generation warm-up
+            C.sync(device)
+            t = time.perf_counter()
+            if task == "classification":
+                eval_mod.classify(model, loaded.family, loaded.tokenizer, rows, ["negative", "positive"], BATCH,
+                                  device, dtype)
+            else:
+                batch = {k2: v.to(device) for k2, v in loaded.family.collate(rows, loaded.tokenizer).items()}
+                with eval_mod.autocast(device, dtype):
+                    model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                   max_new_tokens=MAX_NEW, min_new_tokens=MAX_NEW, num_beams=1, do_sample=False)
+            C.sync(device)
+            eval_batch_s = time.perf_counter() - t
+    return {"train_step_s": train_s, "eval_batch_s": eval_batch_s,
+            "load_s": load_s}
+
+
+def run_seconds(m: dict, task_key: str) -> dict:
+    n_val = TASKS[task_key][3]
+    steps = EPOCHS * -(-TRAIN_EXAMPLES // BATCH)
+    evals = EPOCHS * -(-n_val // BATCH)
+    return {"train": steps * m["train_step_s"], "eval": evals * m["eval_batch_s"], "load": m["load_s"]}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--model_name", default=C.SMALL)
+    p.add_argument("--quick", action="store_true", help="measure the smallest capacity only, 2 steps")
+    p.add_argument("--json", default=None)
+    C.device_arg(p)
+    a = p.parse_args(argv)
+    if a.quick:
+        a.steps = 2
+    device = C.pick_device(a.device)
+    C.tmp_home("bench-grid")
+    from peftcompare import methods, runtime
+
+    if device == "cpu":
+        runtime.configure_cpu()
+    print(f"bench_grid: {a.model_name} on {device}; grid {len(METHODS)} methods x 4 capacities x 2 tasks, "
+          f"{TRAIN_EXAMPLES} examples x {EPOCHS} epochs, eval every epoch (SST-2 872, SAMSum 818 x {MAX_NEW} "
+          "tokens)", flush=True)
+    rows, total, per_task = [], 0.0, {}
+    measured = {}
+    for method in METHODS:
+        caps = methods.get_method(method).capacities
+        probe = (caps[0],) if a.quick else (caps[0], caps[-1])
+        for task_key in TASKS:
+            for cap in probe:
+                m = measure(a.model_name, method, cap, task_key, a.steps, a.warmup, device)
+                measured[(method, task_key, cap)] = m
+                print(f"  {method} {cap} {task_key}: {m['train_step_s']:.3f} s/step, "
+                      f"{m['eval_batch_s']:.3f} s/eval batch", flush=True)
+            for cap in caps:
+                lo, hi = probe[0], probe[-1]
+                w = 0.0 if hi == lo else (cap - lo) / (hi - lo)
+                est = {k: (1 - w) * measured[(method, task_key, lo)][k] + w * measured[(method, task_key, hi)][k]
+                       for k in ("train_step_s", "eval_batch_s", "load_s")}
+                secs = run_seconds(est, task_key)
+                run_total = sum(secs.values())
+                total += run_total
+                per_task[task_key] = per_task.get(task_key, 0.0) + run_total
+                rows.append([method, cap, task_key, f"{secs['train'] / 60:.1f}", f"{secs['eval'] / 60:.1f}",
+                             f"{run_total / 60:.1f}"])
+    print(C.fmt_table(rows, ["method", "capacity", "task", "train min", "eval min", "run min"]))
+    hours = total / 3600
+    target = 4.0 if device == "cpu" else 10 / 60
+    print(f"full reference grid ({len(rows)} runs): {hours:.2f} h estimated on {device} "
+          f"(SST-2 {per_task['sst2'] / 3600:.2f} h, SAMSum {per_task['samsum'] / 3600:.2f} h; "
+          f"target <= {'4 h' if device == 'cpu' else '10 min'})")
+    result = {"device": device, "hours": hours, "target_hours": target,
+              "per_task_hours": {k: v / 3600 for k, v in per_task.items()},
+              "measured": {f"{k[0]}|{k[1]}|{k[2]}": v for k, v in measured.items()}}
+    C.emit_json(result, a.json)
+    return result
+
+
+if __name__ == "__main__":
+    main()
