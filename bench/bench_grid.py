@@ -27,6 +27,7 @@ TASKS = {  # name: (task, source tokens, target tokens, validation size, train b
 }
 METHODS = ("lora", "prefix", "prompt")
 TRAIN_EXAMPLES, EPOCHS, BATCH, MAX_NEW = 2000, 3, 16, 128
+EVAL_BATCH = BATCH  # --eval_batch: a GPU run of the grid passes --per_device_eval_batch_size 128
 
 
 def synthetic(n: int, mean: int, vocab: int, seed: int) -> list[list[int]]:
@@ -78,15 +79,16 @@ def measure(model_name: str, method: str, capacity: int, task_key: str, steps: i
     train_s = (time.perf_counter() - t_train) / steps
     # one evaluation batch, as evaluate() runs it (after a warm-up batch)
     model.eval()
-    eval_feats = [{"input_ids": s} for s in synthetic(2 * BATCH, src_len, vocab, 3)]
+    eb = EVAL_BATCH
+    eval_feats = [{"input_ids": s} for s in synthetic(2 * eb, src_len, vocab, 3)]
     with torch.no_grad():
         for k in range(2):
-            rows = eval_feats[k * BATCH:(k + 1) * BATCH] if task == "classification" else \
-                eval_feats[k * BATCH:k * BATCH + (2 if k == 0 else BATCH)]  # short generation warm-up
+            rows = eval_feats[k * eb:(k + 1) * eb] if task == "classification" else \
+                eval_feats[k * eb:k * eb + (2 if k == 0 else eb)]  # short generation warm-up
             C.sync(device)
             t = time.perf_counter()
             if task == "classification":
-                eval_mod.classify(model, loaded.family, loaded.tokenizer, rows, ["negative", "positive"], BATCH,
+                eval_mod.classify(model, loaded.family, loaded.tokenizer, rows, ["negative", "positive"], eb,
                                   device, dtype)
             else:
                 batch = {k2: v.to(device) for k2, v in loaded.family.collate(rows, loaded.tokenizer).items()}
@@ -102,7 +104,7 @@ def measure(model_name: str, method: str, capacity: int, task_key: str, steps: i
 def run_seconds(m: dict, task_key: str) -> dict:
     n_val = TASKS[task_key][3]
     steps = EPOCHS * -(-TRAIN_EXAMPLES // BATCH)
-    evals = EPOCHS * -(-n_val // BATCH)
+    evals = EPOCHS * -(-n_val // EVAL_BATCH)
     return {"train": steps * m["train_step_s"], "eval": evals * m["eval_batch_s"], "load": m["load_s"]}
 
 
@@ -113,8 +115,12 @@ def main(argv=None) -> dict:
     p.add_argument("--model_name", default=C.SMALL)
     p.add_argument("--quick", action="store_true", help="measure the smallest capacity only, 2 steps")
     p.add_argument("--json", default=None)
+    p.add_argument("--eval_batch", type=int, default=BATCH, help="evaluation batch (the spec's "
+                   "per_device_eval_batch_size; 16 is the reference)")
     C.device_arg(p)
     a = p.parse_args(argv)
+    global EVAL_BATCH
+    EVAL_BATCH = a.eval_batch
     if a.quick:
         a.steps = 2
     device = C.pick_device(a.device)
@@ -124,7 +130,7 @@ def main(argv=None) -> dict:
     if device == "cpu":
         runtime.configure_cpu()
     print(f"bench_grid: {a.model_name} on {device}; grid {len(METHODS)} methods x 4 capacities x 2 tasks, "
-          f"{TRAIN_EXAMPLES} examples x {EPOCHS} epochs, eval every epoch (SST-2 872, SAMSum 818 x {MAX_NEW} "
+          f"{TRAIN_EXAMPLES} examples x {EPOCHS} epochs, eval batch {EVAL_BATCH}, eval every epoch (SST-2 872, SAMSum 818 x {MAX_NEW} "
           "tokens)", flush=True)
     rows, total, per_task = [], 0.0, {}
     measured = {}

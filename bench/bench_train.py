@@ -63,7 +63,10 @@ def lora_config():
 
 # -- the reference recipe ---------------------------------------------------------------------------
 def reference(args, train_file: Path, val_file: Path, home: Path, device: str) -> dict:
-    import datasets
+    try:
+        import datasets
+    except ImportError:
+        datasets = None
     import torch
     from peft import get_peft_model
     from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
@@ -85,7 +88,11 @@ def reference(args, train_file: Path, val_file: Path, home: Path, device: str) -
         return enc
 
     def load(path):
-        ds = datasets.Dataset.from_list(C.read_jsonl(path))
+        rows = C.read_jsonl(path)
+        if datasets is None:  # a GPU image without `datasets`: the same features as a plain list
+            enc = preprocess({k: [r[k] for r in rows] for k in ("sentence", "label")})
+            return [{k: enc[k][i] for k in enc} for i in range(len(rows))]
+        ds = datasets.Dataset.from_list(rows)
         return ds.map(preprocess, batched=True, remove_columns=ds.column_names)
 
     train_ds, val_ds = load(train_file), load(val_file)
@@ -134,7 +141,8 @@ def reference(args, train_file: Path, val_file: Path, home: Path, device: str) -
 
     out["train_flops"] = C.flops_of(step) * args.steps
 
-    trainer.evaluate(eval_dataset=val_ds.select(range(min(BATCH, len(val_ds)))))  # warm-up
+    trainer.evaluate(eval_dataset=val_ds[:BATCH] if isinstance(val_ds, list) else
+                     val_ds.select(range(min(BATCH, len(val_ds)))))  # warm-up
     with C.PeakRSS() as mem, C.timed(out, "eval_seconds", device):
         metrics = trainer.evaluate(eval_dataset=val_ds)
     out["eval_examples_per_s"] = len(val_ds) / out["eval_seconds"]

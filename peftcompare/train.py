@@ -54,6 +54,24 @@ def prepare_model(spec: RunSpec, loaded: models.Loaded, total_steps: int = 0):
     return model
 
 
+def cast_frozen_linears(model, dtype) -> int:
+    """Store frozen Linear weights in the autocast dtype: the same numbers autocast would compute with,
+    without re-casting every frozen weight on every use (its cast cache only keeps weights that train)."""
+    import torch
+
+    # a weight tied to an embedding (GPT-2's lm_head) is also read outside autocast: leave it alone
+    shared = {id(p) for m in model.modules() if not isinstance(m, torch.nn.Linear)
+              for p in m.parameters(recurse=False)}
+    n = 0
+    for module in model.modules():
+        params = list(module.parameters(recurse=False))
+        if (isinstance(module, torch.nn.Linear) and not any(p.requires_grad for p in params)
+                and not any(id(p) in shared for p in params)):
+            module.to(dtype)
+            n += 1
+    return n
+
+
 def trainable_state(model) -> dict:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
@@ -144,9 +162,11 @@ def run_training(spec: RunSpec, store: Store, run_id: str, progress=None) -> dic
     model = prepare_model(spec, loaded, total_steps)
     trainable, total = models.count_parameters(model)
     model.to(device)
+    frozen_cast = cast_frozen_linears(model, dtype) if dtype is not None else 0
     fast.update({"precision": precision, "dynamic_padding": True, "length_grouped_batches": True,
                  "label_scoring": spec.task == "classification", "tokenization_cache": True,
                  "sorted_generation_kv_cache": spec.task == "summarization",
+                 "frozen_linears_in_autocast_dtype": frozen_cast,
                  "world_size": world, "load_seconds": round(time.perf_counter() - t_load, 3)})
     if main:
         store.update(run_id, trainable_params=trainable, total_params=total, precision=precision, device=device,
@@ -199,22 +219,25 @@ def run_training(spec: RunSpec, store: Store, run_id: str, progress=None) -> dic
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 seen += len(idx) * world
-                loss_value = float(loss.detach())
-                epoch_loss += loss_value
-                pending.append((step, round(step / steps_per_epoch, 4), loss_value, scheduler.get_last_lr()[0]))
+                # losses stay on the device until a flush: a sync per step would stall a GPU's queue
+                pending.append((step, round(step / steps_per_epoch, 4), loss.detach(), scheduler.get_last_lr()[0]))
                 now = time.perf_counter()
-                if now - last_flush >= FLUSH_SECONDS or step == total_steps:
+                if now - last_flush >= FLUSH_SECONDS or step == total_steps or idx is batches[-1]:
+                    rows = [(s_, e_, float(l_), lr_) for (s_, e_, _, lr_), l_ in
+                            zip(pending, torch.stack([p_[2] for p_ in pending]).float().tolist())]
+                    epoch_loss += sum(r[2] for r in rows)
+                    loss_value = rows[-1][2]
                     elapsed = now - t_start
                     eta = elapsed / step * (total_steps - step) if step else None
                     if main:
-                        store.add_steps(run_id, pending)
+                        store.add_steps(run_id, rows)
                         store.update(run_id, step=step, progress=step / max(1, total_steps),
                                      current_loss=loss_value, eta_s=eta, heartbeat=time.time())
                     pending, last_flush = [], now
+                    if progress:
+                        progress(step, total_steps, loss_value)
                     if store.cancel_requested(run_id):
                         raise Cancelled()
-                if progress:
-                    progress(step, total_steps, loss_value)
             train_time += time.perf_counter() - t_epoch
             accelerator.wait_for_everyone()
             metrics, secs = run_eval()
@@ -229,8 +252,6 @@ def run_training(spec: RunSpec, store: Store, run_id: str, progress=None) -> dic
             if metrics[metric_name] > best_metric:
                 best_metric, best_epoch = metrics[metric_name], epoch + 1
                 best_state, best_metrics = trainable_state(accelerator.unwrap_model(model)), metrics
-        if main and pending:
-            store.add_steps(run_id, pending)
         model = accelerator.unwrap_model(model)
         model.load_state_dict(best_state, strict=False)
         final = best_metrics
