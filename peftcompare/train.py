@@ -197,6 +197,7 @@ def run_training(spec: RunSpec, store: Store, run_id: str, progress=None) -> dic
         model, optimizer = accelerator.prepare(model, optimizer)
         lengths = [len(f["input_ids"]) + len(f.get("labels", ())) for f in train_feats]
         step, pending, last_flush, t_start = 0, [], time.perf_counter(), time.perf_counter()
+        loss_value = float("nan")
         adalora = spec.method == "adalora"
         for epoch in range(spec.num_train_epochs):
             model.train()
@@ -222,7 +223,7 @@ def run_training(spec: RunSpec, store: Store, run_id: str, progress=None) -> dic
                 # losses stay on the device until a flush: a sync per step would stall a GPU's queue
                 pending.append((step, round(step / steps_per_epoch, 4), loss.detach(), scheduler.get_last_lr()[0]))
                 now = time.perf_counter()
-                if now - last_flush >= FLUSH_SECONDS or step == total_steps or idx is batches[-1]:
+                if now - last_flush >= FLUSH_SECONDS or step in (1, total_steps) or idx is batches[-1]:
                     rows = [(s_, e_, float(l_), lr_) for (s_, e_, _, lr_), l_ in
                             zip(pending, torch.stack([p_[2] for p_ in pending]).float().tolist())]
                     epoch_loss += sum(r[2] for r in rows)
@@ -234,10 +235,10 @@ def run_training(spec: RunSpec, store: Store, run_id: str, progress=None) -> dic
                         store.update(run_id, step=step, progress=step / max(1, total_steps),
                                      current_loss=loss_value, eta_s=eta, heartbeat=time.time())
                     pending, last_flush = [], now
-                    if progress:
-                        progress(step, total_steps, loss_value)
                     if store.cancel_requested(run_id):
                         raise Cancelled()
+                if progress:  # every step; the loss shown is the last one synced
+                    progress(step, total_steps, loss_value)
             train_time += time.perf_counter() - t_epoch
             accelerator.wait_for_everyone()
             metrics, secs = run_eval()

@@ -110,10 +110,17 @@ def test_train_adapters_compare_curves_in_chromium(server):
         page.get_by_role("button", name="Enqueue").click()
         expect(page.get_by_text("Enqueued 1 run(s)")).to_be_visible()
         page.screenshot(path=str(SHOTS / "02_train_queue.png"), full_page=True)
-        # the queue refreshes itself: no reload, the run turns "completed" on the page
-        expect(page.get_by_text("completed", exact=True).first).to_be_visible(timeout=150_000)
-        (run,) = store.list_runs()
-        assert run["status"] == "completed", run.get("error")
+        # a second adapter with another capacity: two clicks more
+        set_number(page, "Capacity (rank r)", 4)
+        expect(page.get_by_test_id("stMetric").filter(has_text="Trainable parameters")).to_contain_text("6,144",
+                                                                                                         timeout=90_000)
+        page.get_by_role("button", name="Enqueue").click()
+        # the queue refreshes itself: no reload, both runs turn "completed" on the page
+        expect(page.get_by_text("completed", exact=True)).to_have_count(2, timeout=240_000)
+        runs = store.list_runs()
+        assert [r["status"] for r in runs] == ["completed", "completed"], [r.get("error") for r in runs]
+        assert sorted(r["capacity"] for r in runs) == [4, 8]
+        run = runs[0]
         page.screenshot(path=str(SHOTS / "03_train_done.png"), full_page=True)
 
         goto_page(page, "Adapters")
@@ -122,25 +129,29 @@ def test_train_adapters_compare_curves_in_chromium(server):
         expect(page.get_by_text("Trained by peftcompare run")).to_be_visible()
         page.screenshot(path=str(SHOTS / "04_adapters.png"), full_page=True)
         page.get_by_test_id("stMultiSelect").filter(has_text="Select adapters").click()
-        page.get_by_role("option").first.click()
+        for _ in range(2):  # both adapters: the menu stays open after a pick
+            page.get_by_role("option").first.click()
+            page.wait_for_timeout(300)
         page.keyboard.press("Escape")
         page.get_by_role("button", name="Compare these").click()
 
         page.get_by_role("heading", name="Compare", level=1).wait_for()
         expect(page.get_by_test_id("stMultiSelect").filter(has_text="Adapters")).to_contain_text("LoRA 8")
+        expect(page.get_by_test_id("stMultiSelect").filter(has_text="Adapters")).to_contain_text("LoRA 4")
         page.get_by_label("Text", exact=True).fill("a warm, funny and beautifully acted film")
         page.keyboard.press("Control+Enter")
         page.get_by_role("button", name="Compare", exact=True).click()
         expect(page.get_by_text("zero-shot", exact=True)).to_be_visible(timeout=90_000)
         expect(page.get_by_text("latency").first).to_be_visible()
-        expect(page.get_by_text("latency")).to_have_count(2)
+        expect(page.get_by_text("latency")).to_have_count(3)  # zero-shot + two adapters, side by side
         page.screenshot(path=str(SHOTS / "05_compare.png"), full_page=True)
 
         goto_page(page, "Curves")
         chart = page.get_by_test_id("stVegaLiteChart").first
         expect(chart).to_be_visible()
         expect(chart.locator("canvas, svg").first).to_be_visible()
-        expect(page.get_by_text(run["run_id"]).first).to_be_attached()
+        for r in runs:  # both on the curve's table
+            expect(page.get_by_text(r["run_id"]).first).to_be_attached()
         page.screenshot(path=str(SHOTS / "06_curves.png"), full_page=True)
         browser.close()
     log = (home / "streamlit.log").read_text()
