@@ -52,6 +52,17 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+def wait_healthy(proc: subprocess.Popen, port: int, poll: float = 0.05) -> None:
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1)
+            return
+        except OSError:
+            if proc.poll() is not None:
+                raise SystemExit("streamlit exited during start-up")
+            time.sleep(poll)
+
+
 def wait_idle(page) -> None:
     page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000)
 
@@ -65,14 +76,7 @@ def measure_start(p, home: Path) -> float:
     t0 = time.perf_counter()
     proc = spawn(home, port)
     try:
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1)
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    raise SystemExit("streamlit exited during start-up")
-                time.sleep(0.05)
+        wait_healthy(proc, port)
         page.goto(f"http://127.0.0.1:{port}")
         page.get_by_role("heading", name="peftcompare", level=1).wait_for(timeout=60_000)
         return time.perf_counter() - t0
@@ -86,12 +90,7 @@ def measure_switches(p, home: Path, rounds: int) -> dict[str, list[float]]:
     proc = spawn(home, port)
     times: dict[str, list[float]] = {name: [] for name in PAGES}
     try:
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
+        wait_healthy(proc, port, poll=0.1)
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(f"http://127.0.0.1:{port}")
