@@ -25,7 +25,8 @@ p = presets.get_preset(st.session_state["ps_name"])
 st.subheader(p.title)
 st.write(p.description)
 st.dataframe(pd.DataFrame([{"method": methods.get_method(m).title,
-                            methods.get_method(m).capacity_name or "capacity": ", ".join(map(str, caps)) or "-",
+                            "capacity knob": methods.get_method(m).capacity_name or "-",
+                            "capacities": ", ".join(map(str, caps)) or "-",
                             "learning rate": presets.METHOD_LR.get(m)} for m, caps in p.methods]),
              hide_index=True, key="ps_methods")
 models_line = ", ".join(f"`{m}`" for m in p.models) if online else f"`{p.offline_model}` (offline)"
