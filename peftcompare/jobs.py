@@ -147,10 +147,7 @@ def _run_child(store: Store, run_id: str) -> int:
             reason = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
             store.transition(run_id, "failed", ("running",), finished_at=time.time(),
                              error=f"the training process {reason} without finishing")
-    for stale in store.adapters_dir.glob(f".tmp-{run_id}-*"):
-        import shutil
-
-        shutil.rmtree(stale, ignore_errors=True)
+    store.discard_staging(run_id)
     return code
 
 

@@ -262,6 +262,11 @@ class Store:
         os.replace(staging, final)
         return final
 
+    def discard_staging(self, run_id: str, pid: int | None = None) -> None:
+        """Remove a run's staging dirs (of one process, or of all), after it ended without committing."""
+        for p in self.adapters_dir.glob(f".tmp-{check_run_id(run_id)}-{pid if pid is not None else '*'}"):
+            shutil.rmtree(p, ignore_errors=True)
+
     def clean_staging(self) -> int:
         """Remove staging dirs of dead processes; a CLI run or an import saving right now keeps its own."""
         from .jobs import pid_alive

@@ -168,10 +168,11 @@ def run_training(spec: RunSpec, store: Store, run_id: str, progress=None) -> dic
                  "sorted_generation_kv_cache": spec.task == "summarization",
                  "frozen_linears_in_autocast_dtype": frozen_cast,
                  "world_size": world, "load_seconds": round(time.perf_counter() - t_load, 3)})
+    fingerprint, versions = task_data.fingerprint(), runtime.versions()
     if main:
         store.update(run_id, trainable_params=trainable, total_params=total, precision=precision, device=device,
-                     data_fingerprint=task_data.fingerprint(), data_source=task_data.source,
-                     versions_json=runtime.versions(), total_steps=total_steps, fast_paths_json=fast,
+                     data_fingerprint=fingerprint, data_source=task_data.source,
+                     versions_json=versions, total_steps=total_steps, fast_paths_json=fast,
                      world_size=world, spec_json=spec.to_json())
         _log(f"{spec.label()} on {spec.model_name}: {trainable:,} trainable of {total:,} parameters, "
              f"{len(train_feats)} train / {len(eval_feats)} eval examples, {precision} on {device}")
@@ -266,8 +267,8 @@ def run_training(spec: RunSpec, store: Store, run_id: str, progress=None) -> dic
               "best_epoch": best_epoch, "trainable_params": trainable, "total_params": total,
               "train_runtime": round(train_time, 3), "eval_runtime": round(eval_time, 3),
               "train_samples_per_second": round(seen / train_time, 3) if train_time else None,
-              "precision": precision, "device": device, "versions": runtime.versions(),
-              "data_fingerprint": task_data.fingerprint(), "data_source": task_data.source,
+              "precision": precision, "device": device, "versions": versions,
+              "data_fingerprint": fingerprint, "data_source": task_data.source,
               "label_words": task_data.label_words, "fast_paths": fast,
               "notes": _method_notes(spec, loaded)}
     adapter_bytes, adapter_dir = None, None
@@ -324,31 +325,27 @@ def failure_reason(exc: BaseException) -> str:
 
 def execute(spec: RunSpec, store: Store, run_id: str, progress=None) -> int:
     """Run a claimed run to a final status. Returns a process exit code (0 ok, 1 failed, 3 cancelled)."""
-    import time as _t
 
     try:
         run_training(spec, store, run_id, progress)
         return 0
     except Cancelled:
-        store.transition(run_id, "cancelled", ("running",), finished_at=_t.time(), error="cancelled by the user")
+        store.transition(run_id, "cancelled", ("running",), finished_at=time.time(), error="cancelled by the user")
         _log("cancelled")
         return 3
     except KeyboardInterrupt:
-        store.transition(run_id, "cancelled", ("running",), finished_at=_t.time(), error="interrupted (Ctrl-C)")
+        store.transition(run_id, "cancelled", ("running",), finished_at=time.time(), error="interrupted (Ctrl-C)")
         return 130
     except BaseException as exc:  # noqa: BLE001 - every failure must reach the record
         reason = failure_reason(exc)
         traceback.print_exc(file=sys.stdout)
         try:
-            store.transition(run_id, "failed", ("running", "queued"), finished_at=_t.time(), error=reason)
+            store.transition(run_id, "failed", ("running", "queued"), finished_at=time.time(), error=reason)
         finally:
             _log(f"failed: {reason}")
         return 1
     finally:
         try:
-            for p in store.adapters_dir.glob(f".tmp-{run_id}-{os.getpid()}"):
-                import shutil
-
-                shutil.rmtree(p, ignore_errors=True)
+            store.discard_staging(run_id, os.getpid())
         except OSError:
             pass
