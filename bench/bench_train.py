@@ -74,7 +74,7 @@ def reference(args, train_file: Path, val_file: Path, home: Path, device: str) -
     from peftcompare import models
 
     torch.set_flush_denormal(True)
-    loaded = models.load_model(args.model_name)
+    loaded = models.load_model(args.model_name, fast_kernels=False)  # transformers as shipped
     tok = loaded.tokenizer
     model = get_peft_model(loaded.model, lora_config())
     words = ("negative", "positive")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ class Loaded:
     tokenizer: Any
     family: "families.Family"
     name: str
+    kernels: dict = field(default_factory=dict)  # fastops rewrites applied: {"fused_gelu": n, ...}
 
 
 def builtin_names() -> list[str]:
@@ -107,8 +108,11 @@ def load_tokenizer(name: str):
     return _from_hub(AutoTokenizer, name, "tokenizer")
 
 
-def load_model(name: str, device: str | None = None, meta: bool = False) -> Loaded:
-    """Load model + tokenizer + family. `meta=True` builds the shapes only (parameter counts)."""
+def load_model(name: str, device: str | None = None, meta: bool = False, fast_kernels: bool = True) -> Loaded:
+    """Load model + tokenizer + family. `meta=True` builds the shapes only (parameter counts).
+
+    `fast_kernels` swaps in fastops' fused GELU and T5 norm: the same function in fewer passes, used by
+    training, evaluation and Compare alike so that all three compute the same numbers."""
     import torch
 
     config = load_config(name)
@@ -132,9 +136,14 @@ def load_model(name: str, device: str | None = None, meta: bool = False) -> Load
                 raise ModelUnavailable(_offline_message(name)) from None
             raise ModelUnavailable(f"model_name: could not load {name} ({str(exc).splitlines()[0]})") from None
     family.prepare_tokenizer(tokenizer, model)
+    kernels = {}
+    if fast_kernels and not meta:
+        from . import fastops
+
+        kernels = {"fused_gelu": fastops.fuse_gelu(model), "fused_t5_norm": fastops.cast_norm_outputs(model)}
     if device and not meta:
         model.to(device)
-    return Loaded(model, tokenizer, family, name)
+    return Loaded(model, tokenizer, family, name, kernels)
 
 
 def _build_builtin(name: str, config, family):

@@ -51,7 +51,29 @@ def prepare_model(spec: RunSpec, loaded: models.Loaded, total_steps: int = 0):
                              f"({str(exc).splitlines()[0][:200]})") from None
     elif method.prepare is not None:
         method.prepare(spec, model, loaded.family)
+    from . import fastops
+
+    fastops.swap_dropout(model)  # after get_peft_model, so that LoRA's own dropout is swapped too
+    for encoder in getattr(model, "prompt_encoder", {}).values():
+        if hasattr(encoder, "mlp_head") or hasattr(encoder, "lstm_head"):  # P-tuning's reparametrisation
+            _outside_autocast(encoder)
     return model
+
+
+def _outside_autocast(module) -> None:
+    """Run a module in fp32 even under autocast. P-tuning's prompt encoder is evaluated once at save time,
+    in fp32, and PEFT stores only its output: under bf16 autocast the metric recorded during training and
+    the one the saved adapter gives would differ in the fourth digit."""
+    import torch
+
+    forward = module.forward
+
+    def fp32_forward(*args, **kwargs):
+        device = next(module.parameters()).device.type
+        with torch.autocast(device, enabled=False):
+            return forward(*args, **kwargs)
+
+    module.forward = fp32_forward
 
 
 def cast_frozen_linears(model, dtype) -> int:
@@ -163,10 +185,15 @@ def run_training(spec: RunSpec, store: Store, run_id: str, progress=None) -> dic
     trainable, total = models.count_parameters(model)
     model.to(device)
     frozen_cast = cast_frozen_linears(model, dtype) if dtype is not None else 0
+    from . import fastops
+
+    fast.update(loaded.kernels)
+    fast["pooled_dropout"] = fastops.count_pooled(model) if device.startswith("cpu") else 0
+    fast["lora_inputs_uncast"] = fastops.lora_inputs_in_autocast_dtype(model) if dtype is not None else 0
     fast.update({"precision": precision, "dynamic_padding": True, "length_grouped_batches": True,
                  "label_scoring": spec.task == "classification", "tokenization_cache": True,
                  "sorted_generation_kv_cache": spec.task == "summarization",
-                 "frozen_linears_in_autocast_dtype": frozen_cast,
+                 "frozen_linears_in_autocast_dtype": frozen_cast, "fused_adamw": True,
                  "world_size": world, "load_seconds": round(time.perf_counter() - t_load, 3)})
     fingerprint, versions = task_data.fingerprint(), runtime.versions()
     if main:
@@ -190,7 +217,7 @@ def run_training(spec: RunSpec, store: Store, run_id: str, progress=None) -> dic
     metric_name = _primary_metric(spec)
     if method.trains:
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=spec.learning_rate,
-                                      weight_decay=spec.weight_decay)
+                                      weight_decay=spec.weight_decay, fused=True)  # one kernel, not a dozen per tensor
         warmup = int(total_steps * spec.warmup_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: (s + 1) / max(1, warmup) if s < warmup else

@@ -14,7 +14,7 @@ from peftcompare.store import Store
 
 FAST_KEYS = {"threads", "flush_denormal", "gomp_spincount", "precision", "dynamic_padding",
              "length_grouped_batches", "label_scoring", "tokenization_cache", "sorted_generation_kv_cache",
-             "world_size"}
+             "world_size", "fused_gelu", "fused_t5_norm", "pooled_dropout", "fused_adamw", "lora_inputs_uncast"}
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +35,9 @@ def test_run_records_every_fast_path(tmp_path):
     assert fast["threads"] == runtime.usable_cores() and fast["world_size"] == 1
     assert fast["precision"] == ("bf16" if runtime.bf16_supported("cpu") else "fp32")
     assert store.get(run_id)["precision"] == fast["precision"]
+    assert fast["fused_gelu"] > 0 and fast["fused_t5_norm"] > 0 and fast["fused_adamw"] is True
+    assert fast["pooled_dropout"] > 0  # LoRA's dropout (tiny-t5 itself has none)
+    assert fast["lora_inputs_uncast"] == (8 if fast["precision"] == "bf16" else 0)
     # the tokenization cache was written, so the next run of a sweep reads it
     assert list((store.cache_dir / "tokenized").glob("*.json"))
 
