@@ -2,7 +2,8 @@
 
 Fast paths (all recorded in the run): dynamic padding with length-grouped batches, denormals flushed,
 bf16 autocast where the hardware has it, cached tokenization, threads sized to the machine, label
-scoring in one forward pass for classification, length-sorted batched generation with the KV cache.
+scoring in one forward pass for classification, length-sorted batched generation with the KV cache, and
+fastops' rewrites (pooled dropout, fused GELU, T5 norm and AdamW, LoRA inputs left in bf16).
 """
 from __future__ import annotations
 
