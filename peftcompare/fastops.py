@@ -12,6 +12,7 @@ one autograd function that, under autocast, returns its output already cast (see
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -162,7 +163,9 @@ class _NormToAutocast:
         return out
 
 
-_NORM_CLASSES: dict[type, type] = {}
+@functools.lru_cache(maxsize=None)
+def _norm_class(base: type) -> type:
+    return type(f"{base.__name__}ToAutocast", (_NormToAutocast, base), {})
 
 
 def cast_norm_outputs(model: nn.Module) -> int:
@@ -174,8 +177,6 @@ def cast_norm_outputs(model: nn.Module) -> int:
     n = 0
     for module in model.modules():
         if type(module) is T5LayerNorm:
-            if T5LayerNorm not in _NORM_CLASSES:
-                _NORM_CLASSES[T5LayerNorm] = type("T5LayerNormToAutocast", (_NormToAutocast, T5LayerNorm), {})
-            module.__class__ = _NORM_CLASSES[T5LayerNorm]
+            module.__class__ = _norm_class(T5LayerNorm)
             n += 1
     return n
