@@ -12,10 +12,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# the CPU wheel first: a bare "torch" requirement would pull several GB of CUDA packages
-RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
-COPY requirements.txt .
-RUN pip install -r requirements.txt
+# the CPU wheel first: a bare "torch" requirement would pull several GB of CUDA packages; then the exact
+# pins of the lock (the versions the test suite passed on), so a rebuild never drifts to untested releases
+COPY requirements-torch.txt requirements.lock ./
+RUN pip install -r requirements-torch.txt --index-url https://download.pytorch.org/whl/cpu
+RUN pip install -r requirements.lock
 
 COPY . .
 
