@@ -108,12 +108,13 @@ def check(store, fix: bool = False) -> list[Problem]:
     """All problems of a store; with fix=True the repairable ones are repaired (and still reported)."""
     from . import jobs
     from .spec import RunSpec
-    from .store import RUN_ID
+    from .store import RUN_ID, is_stale
 
     problems: list[Problem] = []
     with store._conn() as conn:
         verdict = conn.execute("PRAGMA quick_check").fetchone()[0]
-        rows = [dict(r) for r in conn.execute("SELECT run_id, status, method, spec_json, pid FROM runs")]
+        rows = [dict(r) for r in conn.execute("SELECT run_id, status, method, spec_json, pid, pid_started, "
+                                              "supervisor_pid, supervisor_started FROM runs")]
     if verdict != "ok":
         problems.append(Problem("database", None, f"SQLite quick_check: {verdict}"))
     runs = {r["run_id"]: r for r in rows}
@@ -124,7 +125,7 @@ def check(store, fix: bool = False) -> list[Problem]:
         except ValueError as exc:
             problems.append(Problem("corrupt_record", run_id, f"spec does not parse ({exc})"))
             continue
-        if r["status"] == "running" and not jobs.pid_alive(r["pid"]):
+        if r["status"] == "running" and is_stale(r):
             problems.append(Problem("stale_running", run_id, "marked running but its process is gone"))
         if r["status"] != "completed" or not _trains(spec.method):
             continue

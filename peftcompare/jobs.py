@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import preflight, procs
 from .spec import RunSpec
 from .store import Store
 
@@ -23,33 +24,12 @@ POLL_SECONDS = 0.5
 
 
 def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a reused pid belongs to another program
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-        if b"peftcompare" not in cmd and b"pytest" not in cmd:
-            return False
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
+    return procs.alive(pid)
 
 
 def reconcile(store: Store) -> list[str]:
     """Mark runs whose process is gone as interrupted (after an app, worker or machine restart)."""
-    fixed = []
-    for run in store.list_runs(status=("running",)):
-        if not pid_alive(run.get("pid")):
-            if store.transition(run["run_id"], "interrupted", ("running",), finished_at=time.time(),
-                                error="the training process disappeared (killed, crashed or machine restart)"):
-                fixed.append(run["run_id"])
-    return fixed
+    return store.reconcile()
 
 
 def enqueue(store: Store, spec: RunSpec, owner: str | None = None) -> str:
@@ -58,6 +38,8 @@ def enqueue(store: Store, spec: RunSpec, owner: str | None = None) -> str:
     # enforced here, not only in the page, so no caller can queue past the public limits
     public.check_spec(spec.resolved())
     public.check_visitor_quota(store, owner)
+    # a spec that can never run is refused here, before it has a record (callers check its data files)
+    preflight.check_model(spec.resolved())
     run_id = store.create_run(spec, status="queued", owner=owner)
     store.spec_path(run_id).write_text(spec.resolved().to_json())
     return run_id

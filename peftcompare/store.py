@@ -17,9 +17,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from . import procs
 from .spec import RunSpec
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 ACTIVE = ("queued", "running")
@@ -35,10 +36,19 @@ _COLUMNS = {  # name -> SQL type; JSON columns end in _json
     "data_fingerprint": "TEXT", "data_source": "TEXT", "progress": "REAL", "step": "INTEGER",
     "total_steps": "INTEGER", "current_loss": "REAL", "eta_s": "REAL", "cancel_requested": "INTEGER DEFAULT 0",
     "precision": "TEXT", "device": "TEXT", "owner": "TEXT", "heartbeat": "REAL", "fast_paths_json": "TEXT",
-    "world_size": "INTEGER",
+    "world_size": "INTEGER", "pid_started": "INTEGER", "supervisor_pid": "INTEGER", "supervisor_started": "INTEGER",
 }
 # columns added after schema 1: (version, column)
-_MIGRATIONS = [(2, "eval_runtime"), (2, "fast_paths_json"), (2, "world_size")]
+_MIGRATIONS = [(2, "eval_runtime"), (2, "fast_paths_json"), (2, "world_size"), (3, "pid_started"),
+               (3, "supervisor_pid"), (3, "supervisor_started")]
+STALE_ERROR = "the training process disappeared (killed, crashed or machine restart)"
+
+
+def _with_identity(values: dict) -> dict:
+    """A pid is stored with its start time, so a later process that reuses the number is not taken for it."""
+    if "pid" in values:
+        values["pid_started"] = procs.start_ticks(values["pid"])
+    return values
 
 
 def resolve_home(home: str | os.PathLike | None = None) -> Path:
@@ -115,15 +125,19 @@ class Store:
 
     # -- runs ---------------------------------------------------------------------------------------
     def create_run(self, spec: RunSpec, status: str = "queued", owner: str | None = None,
-                   run_id: str | None = None) -> str:
+                   run_id: str | None = None, pid: int | None = None) -> str:
+        """A new record; a run created as running gets its process in the same write (pid), so no reader
+        ever sees a running run without an owner and takes it for an interrupted one."""
         spec = spec.resolved()
         run_id = check_run_id(run_id or new_run_id(spec))
+        now = time.time()
         with self._conn(write=True) as conn:
             conn.execute(
                 "INSERT INTO runs (run_id, spec_hash, spec_json, task, method, capacity, seed, model_name, "
-                "status, created_at, owner, progress, cancel_requested) VALUES (?,?,?,?,?,?,?,?,?,?,?,0,0)",
+                "status, created_at, owner, progress, cancel_requested, pid, pid_started, started_at) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,0,0,?,?,?)",
                 (run_id, spec.spec_hash(), spec.to_json(), spec.task, spec.method, spec.capacity, spec.seed,
-                 spec.model_name, status, time.time(), owner))
+                 spec.model_name, status, now, owner, pid, procs.start_ticks(pid), now if pid else None))
         return run_id
 
     def update(self, run_id: str, **values: Any) -> None:
@@ -132,6 +146,7 @@ class Store:
         bad = set(values) - set(_COLUMNS)
         if bad:
             raise KeyError(f"unknown run column(s): {bad}")
+        values = _with_identity(values)
         values = {k: (json.dumps(v) if k.endswith("_json") and not isinstance(v, str) and v is not None else v)
                   for k, v in values.items()}
         sets = ", ".join(f"{k}=?" for k in values)
@@ -140,6 +155,7 @@ class Store:
 
     def transition(self, run_id: str, to: str, only_from: tuple[str, ...], **values: Any) -> bool:
         """Set status `to` only if the run is in one of `only_from` (atomic); True when it changed."""
+        values = _with_identity(values)
         values = {k: (json.dumps(v) if k.endswith("_json") and not isinstance(v, str) and v is not None else v)
                   for k, v in values.items()}
         sets = ", ".join(["status=?", *(f"{k}=?" for k in values)])
@@ -150,15 +166,32 @@ class Store:
             return cur.rowcount == 1
 
     def claim_next(self, pid: int | None = None) -> dict | None:
-        """Atomically move the oldest queued run to running; None when the queue is empty."""
+        """Atomically move the oldest queued run to running; None when the queue is empty. The claiming
+        worker (pid) supervises the run: it owns it while its child process starts, runs and ends, and it
+        writes the final status when the child dies, so the run is stale only when both are gone."""
+        started = procs.start_ticks(pid)
         with self._conn(write=True) as conn:
             row = conn.execute("SELECT run_id FROM runs WHERE status='queued' ORDER BY created_at, rowid "
                                "LIMIT 1").fetchone()
             if row is None:
                 return None
-            conn.execute("UPDATE runs SET status='running', started_at=?, pid=?, heartbeat=? WHERE run_id=?",
-                         (time.time(), pid, time.time(), row[0]))
+            conn.execute("UPDATE runs SET status='running', started_at=?, pid=?, pid_started=?, supervisor_pid=?, "
+                         "supervisor_started=?, heartbeat=? WHERE run_id=?",
+                         (time.time(), pid, started, pid, started, time.time(), row[0]))
         return self.get(row[0])
+
+    def reconcile(self) -> list[str]:
+        """Mark running runs whose process (and supervising worker) are gone as interrupted. Every listing
+        calls this, so a `kill -9`-ed run never shows as running to the CLI, the pages or a sweep."""
+        with self._conn() as conn:
+            rows = conn.execute("SELECT run_id, pid, pid_started, supervisor_pid, supervisor_started FROM runs "
+                                "WHERE status='running'").fetchall()
+        fixed = []
+        for r in rows:
+            if is_stale(dict(r)) and self.transition(r["run_id"], "interrupted", ("running",),
+                                                     finished_at=time.time(), error=STALE_ERROR):
+                fixed.append(r["run_id"])
+        return fixed
 
     def add_steps(self, run_id: str, rows: list[tuple[int, float, float, float]]) -> None:
         """rows: (step, epoch, loss, learning_rate)."""
@@ -186,6 +219,7 @@ class Store:
 
     def list_runs(self, status: tuple[str, ...] | None = None, task: str | None = None,
                   owner: str | None = None) -> list[dict]:
+        self.reconcile()
         sql, args = "SELECT * FROM runs WHERE 1=1", []
         if status:
             sql += f" AND status IN ({','.join('?' * len(status))})"
@@ -202,6 +236,7 @@ class Store:
 
     def find_completed(self, spec: RunSpec) -> dict | None:
         """A completed or still active run with the same spec (what a sweep skips)."""
+        self.reconcile()  # a killed run is not "still active": the sweep must run it again
         with self._conn() as conn:
             row = conn.execute("SELECT * FROM runs WHERE spec_hash=? AND status IN ('completed','queued',"
                                "'running') ORDER BY created_at DESC LIMIT 1", (spec.spec_hash(),)).fetchone()
@@ -269,12 +304,10 @@ class Store:
 
     def clean_staging(self) -> int:
         """Remove staging dirs of dead processes; a CLI run or an import saving right now keeps its own."""
-        from .jobs import pid_alive
-
         n = 0
         for p in self.adapters_dir.glob(".tmp-*"):
             pid = p.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and pid_alive(int(pid)):
+            if pid.isdigit() and procs.alive(int(pid)):
                 continue
             shutil.rmtree(p, ignore_errors=True)
             n += 1
@@ -302,9 +335,16 @@ class Store:
                              [(run_id, *s) for s in steps])
 
     def counts(self) -> dict[str, int]:
+        self.reconcile()
         with self._conn() as conn:
             rows = conn.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall()
         return {r[0]: r[1] for r in rows}
+
+
+def is_stale(run: dict) -> bool:
+    """A running run whose own process and supervising worker have both gone."""
+    return not (procs.alive(run.get("pid"), run.get("pid_started"))
+                or procs.alive(run.get("supervisor_pid"), run.get("supervisor_started")))
 
 
 def _decode(row: sqlite3.Row) -> dict:

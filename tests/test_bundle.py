@@ -242,12 +242,9 @@ def test_check_reports_each_kind_of_damage_and_fixes_the_safe_ones(source, tmp_p
         rj = json.loads((store.adapters_dir / new / "run.json").read_text())
         (store.adapters_dir / new / "run.json").write_text(json.dumps({**rj, "run_id": new}))
         with store._conn(write=True) as conn:
-            conn.execute("INSERT INTO runs SELECT ?, spec_hash, spec_json, task, method, capacity, seed, model_name, "
-                         "status, created_at, started_at, finished_at, pid, error, trainable_params, total_params, "
-                         "metrics_json, epochs_json, train_runtime, train_samples_per_second, eval_runtime, "
-                         "peak_memory_mb, adapter_bytes, adapter_dir, versions_json, data_fingerprint, data_source, "
-                         "progress, step, total_steps, current_loss, eta_s, cancel_requested, precision, device, "
-                         "owner, heartbeat, fast_paths_json, world_size FROM runs WHERE run_id=?", (new, lora))
+            cols = [r[1] for r in conn.execute("PRAGMA table_info(runs)") if r[1] != "run_id"]
+            conn.execute(f"INSERT INTO runs (run_id, {', '.join(cols)}) SELECT ?, {', '.join(cols)} FROM runs "
+                         "WHERE run_id=?", (new, lora))
     shutil.rmtree(store.adapters_dir / "gone-adapter")
     w = store.adapters_dir / "torn-adapter" / "adapter_model.safetensors"
     w.write_bytes(w.read_bytes()[:-10])

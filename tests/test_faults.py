@@ -231,3 +231,56 @@ def test_stale_running_runs_are_reconciled_on_restart(tmp_path):
     saving.rmdir()
     store.update(alive, status="interrupted")
     assert integrity.check(store) == []
+
+
+def _cli(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-m", "peftcompare", "--home", str(home), *args], capture_output=True,
+                         text=True, env=env, cwd=str(Path(__file__).resolve().parents[1]), timeout=120)
+    if check:
+        assert out.returncode == 0, out.stderr
+    return out
+
+
+def test_kill_9_of_a_cli_train_reads_as_interrupted_everywhere(tmp_path):
+    """No worker supervises a CLI `train`: when it is killed, every read path must say so by itself."""
+    home = tmp_path / "home"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "peftcompare", "--home", str(home), "train",
+                             "--model_name", "builtin:tiny-t5", "--method", "lora", "--capacity", "4",
+                             "--train_samples", "16", "--eval_samples", "8", "--num_train_epochs", "500",
+                             "--per_device_train_batch_size", "4"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            cwd=str(Path(__file__).resolve().parents[1]))
+    try:
+        deadline = time.monotonic() + 90
+        while True:  # wait until it is training (steps in the store), then kill it without warning
+            runs = Store(home).list_runs() if (home / "results" / "peftcompare.sqlite").exists() else []
+            if runs and (runs[0].get("step") or 0) > 0:
+                break
+            assert proc.poll() is None and time.monotonic() < deadline, "the training never started"
+            time.sleep(0.2)
+    finally:
+        proc.kill()
+        proc.wait()
+    run_id = runs[0]["run_id"]
+    # the raw record still says running: nobody was there to write a final status
+    with Store(home)._conn() as conn:
+        assert conn.execute("SELECT status FROM runs WHERE run_id=?", (run_id,)).fetchone()[0] == "running"
+    listed = json.loads(_cli(home, "results", "--format", "json").stdout)
+    assert [(r["run_id"], r["status"]) for r in listed] == [(run_id, "interrupted")]
+    assert "disappeared" in Store(home).get(run_id)["error"]
+    assert _cli(home, "check", check=False).returncode == 0
+    assert _cli(home, "check", "--fix").returncode == 0
+
+
+def test_a_live_cli_train_is_not_taken_for_interrupted(tmp_path):
+    """The other side of the rule: listing while a run trains leaves it running (its pid and start match)."""
+    store = Store(tmp_path)
+    run_id = store.create_run(RunSpec(**BASE), status="running", pid=os.getpid())
+    assert [r["status"] for r in store.list_runs()] == ["running"]
+    # the same pid with another start time is a reused number, not this run's process
+    store.update(run_id, pid=os.getpid())
+    with store._conn(write=True) as conn:
+        conn.execute("UPDATE runs SET pid_started=pid_started-1 WHERE run_id=?", (run_id,))
+    assert [r["status"] for r in store.list_runs()] == ["interrupted"]
