@@ -203,11 +203,11 @@ if st.button("Enqueue", type="primary", key="tr_enqueue", icon=":material/play_a
         if public.is_public() and len(todo) > public.LIMITS.jobs_per_visitor:
             raise ValueError(f"sweep: at most {public.LIMITS.jobs_per_visitor} run(s) per visitor on this "
                              "public instance")
-        from peftcompare.cli import preflight  # model name, files and columns, before a record exists
+        from peftcompare.preflight import preflight_all  # model, method, files, columns: before any record
 
         with st.spinner("Checking the model and the data ..."):
             ui.import_stack()
-            preflight(todo[-1])
+            preflight_all(todo)
         ids = [jobs.enqueue(store, s, owner=owner) for s in todo]
         jobs.ensure_worker(store)
         st.session_state["tr_flash"] = ("ok", f"Enqueued {len(ids)} run(s): " + ", ".join(ids[:4])

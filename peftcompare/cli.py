@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from . import methods, tasks
+from .preflight import preflight, preflight_all
 from .spec import RunSpec, spec_fields
 
 EXIT_USAGE = 2
@@ -64,17 +65,6 @@ def _spec_from_args(args, **overrides) -> RunSpec:
     return RunSpec.from_dict(values)
 
 
-def preflight(spec: RunSpec) -> RunSpec:
-    """Everything that can be wrong with a spec before a record is written: model, files, columns."""
-    from . import data, models
-
-    spec = spec.resolved()
-    models.check_model_name(spec.model_name)
-    models.load_config(spec.model_name)
-    data.load_task_data(spec)
-    return spec
-
-
 def _store(args):
     from .store import Store
 
@@ -104,8 +94,6 @@ def cmd_train(args) -> int:
 
 
 def _create_running(store, spec) -> str:
-    import time as _t
-
     from accelerate import PartialState
 
     state = PartialState(cpu=True) if os.environ.get("WORLD_SIZE") else None
@@ -113,16 +101,13 @@ def _create_running(store, spec) -> str:
         # every data-parallel process must write to the same record: the main one creates it
         run_id = None
         if state.is_main_process:
-            run_id = store.create_run(spec, status="running")
-            store.update(run_id, started_at=_t.time(), pid=os.getpid())
+            run_id = store.create_run(spec, status="running", pid=os.getpid())
         from accelerate.utils import broadcast_object_list
 
         box = [run_id]
         broadcast_object_list(box)
         return box[0]
-    run_id = store.create_run(spec, status="running")
-    store.update(run_id, started_at=_t.time(), pid=os.getpid())
-    return run_id
+    return store.create_run(spec, status="running", pid=os.getpid())
 
 
 def _progress_bar():
@@ -193,7 +178,7 @@ def cmd_sweep(args) -> int:
         methods.get_method(name)
     specs = sweep_specs(base, args.methods, args.lora_ranks, args.virtual_tokens, args.seeds,
                         zero_shot=not args.no_zero_shot)
-    preflight(specs[-1])
+    preflight_all(specs)
     store = _store(args)
     todo = [s for s in specs if store.find_completed(s) is None]
     print(f"sweep: {len(specs)} runs in the grid, {len(specs) - len(todo)} already stored, {len(todo)} to run")
@@ -330,6 +315,14 @@ def cmd_check(args) -> int:
     return 1 if problems else 0
 
 
+def cmd_versions(args) -> int:
+    from . import runtime
+
+    for name, version in runtime.versions().items():
+        print(f"{name} {version}")
+    return 0
+
+
 def cmd_preset(args) -> int:
     from . import jobs, models, presets, train as train_mod
 
@@ -344,7 +337,7 @@ def cmd_preset(args) -> int:
         for s in specs:
             print(f"{s.model_name} {s.dataset} {s.label()} lr {s.learning_rate}")
         return 0
-    preflight(specs[0])
+    preflight_all(specs)
     store = _store(args)
     if args.enqueue:
         out = presets.enqueue_preset(store, p.name, offline, quick=args.quick)
@@ -439,6 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--fix", action="store_true", help="Mark stale runs interrupted, remove orphan staging "
                     "directories (adapters without a record are only reported).")
     ck.add_argument("--json", action="store_true")
+    cmd("versions", cmd_versions, "Python, platform and library versions (what every run record keeps).")
     return p
 
 

@@ -22,10 +22,11 @@ class Method:
     note: str = ""
     families: tuple[str, ...] = ("seq2seq", "causal", "encoder")
     reference_line: bool = False  # drawn as a horizontal reference on curves (zero-shot, full)
+    uses_target_modules: bool = False  # reads spec.target_modules (checked against the model in preflight)
     help: str = field(default="")
 
 
-def _targets(spec) -> list[str]:
+def target_names(spec) -> list[str]:
     return [t.strip() for t in spec.target_modules.split(",") if t.strip()]
 
 
@@ -33,7 +34,8 @@ def _lora(spec, model, tokenizer, family):
     from peft import LoraConfig
 
     return LoraConfig(task_type=family.peft_task_type, r=spec.capacity, lora_alpha=spec.lora_alpha,
-                      lora_dropout=spec.lora_dropout, target_modules=family.target_modules(_targets(spec)),
+                      lora_dropout=spec.lora_dropout,
+                      target_modules=family.target_modules(target_names(spec)),
                       modules_to_save=family.modules_to_save)
 
 
@@ -76,7 +78,7 @@ def _ptuning(spec, model, tokenizer, family):
 def _ia3(spec, model, tokenizer, family):
     from peft import IA3Config
 
-    targets, ff = family.ia3_modules(_targets(spec))
+    targets, ff = family.ia3_modules(target_names(spec))
     return IA3Config(task_type=family.peft_task_type, target_modules=targets, feedforward_modules=ff,
                      modules_to_save=family.modules_to_save)
 
@@ -93,7 +95,7 @@ def _adalora(spec, model, tokenizer, family, total_step: int = 0):
     return AdaLoraConfig(task_type=family.peft_task_type, target_r=spec.capacity,
                          init_r=adalora_init_r(spec.capacity),
                          lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout,
-                         target_modules=family.target_modules(_targets(spec)),
+                         target_modules=family.target_modules(target_names(spec)),
                          tinit=tinit, tfinal=tfinal, deltaT=max(1, total // 20),
                          total_step=total, modules_to_save=family.modules_to_save)
 
@@ -148,6 +150,7 @@ METHODS: dict[str, Method] = {
     "zero_shot": Method("zero_shot", "Zero-shot", None, trains=False, reference_line=True,
                         help="The untouched base model on the same evaluation set: the baseline."),
     "lora": Method("lora", "LoRA", "rank r", (4, 8, 16, 32), 1024, make_config=_lora,
+                   uses_target_modules=True,
                    help="Low-rank updates B·A added to the attention projections."),
     "prefix": Method("prefix", "Prefix-Tuning", "virtual tokens", (10, 20, 50, 100), 1024, make_config=_prefix,
                      note="On encoder-decoder models PEFT's prefix reaches only the decoder's self-attention.",
@@ -160,6 +163,7 @@ METHODS: dict[str, Method] = {
     "ia3": Method("ia3", "IA³", None, make_config=_ia3,
                   help="Learned scaling vectors on keys, values and the feed-forward activations."),
     "adalora": Method("adalora", "AdaLoRA", "target avg rank", (2, 4, 8, 16), 512, make_config=_adalora,
+                      uses_target_modules=True,
                       help="LoRA whose rank budget is reallocated across layers during training."),
     "full": Method("full", "Full fine-tuning", None, prepare=_full, reference_line=True,
                    help="Every weight trains: the reference adapters are measured against."),

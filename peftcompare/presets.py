@@ -122,7 +122,7 @@ def enqueue_preset(store, name: str, offline: bool = False, owner: str | None = 
                    quick: bool = False) -> dict:
     """Queue the preset's runs that are neither stored nor already queued. Raises ValueError (one line)
     when public mode forbids a run, before anything is queued."""
-    from . import jobs, public
+    from . import jobs, preflight, public
 
     specs = preset_specs(name, offline, quick)
     for s in specs:
@@ -133,6 +133,7 @@ def enqueue_preset(store, name: str, offline: bool = False, owner: str | None = 
         if mine + len(todo) > public.LIMITS.jobs_per_visitor:
             raise ValueError(f"preset: {len(todo)} runs exceed this public instance's limit of "
                              f"{public.LIMITS.jobs_per_visitor} queued run(s) per visitor")
+    preflight.preflight_all(todo)  # all of it can run, or nothing is queued
     run_ids = [jobs.enqueue(store, s, owner=owner) for s in todo]
     return {"run_ids": run_ids, "skipped": len(specs) - len(todo), "total": len(specs)}
 

@@ -38,6 +38,14 @@ BAD = {
     "wrong encoding": (["--train_file", "{d}/latin1.csv"], "UTF-8"),
     "model path that does not exist": (["--model_name", "./no/such/model"], "does not exist"),
     "unknown built-in model": (["--model_name", "builtin:huge-t5"], "built-in"),
+    # caught by preflight from the model's config and module names, before a record exists
+    "summarization on an encoder classifier": (["--task", "summarization", "--model_name", "builtin:tiny-bert"],
+                                               "cannot do summarization"),
+    "fp16 on a CPU": (["--precision", "fp16"], "fp16 needs a GPU"),
+    "target modules the model lacks": (["--target_modules", "zz"], "no module named 'zz'"),
+    "one of the target modules missing": (["--target_modules", "q,zz", "--model_name", "builtin:tiny-gpt2"],
+                                          "no module named 'zz'"),
+    "no target modules": (["--target_modules", ","], "comma-separated module names"),
 }
 
 
@@ -90,3 +98,33 @@ def test_sweep_then_plot(tmp_path):
 def test_zero_shot_command(tmp_path):
     proc = cli("zero-shot", "--model_name", "builtin:tiny-t5", "--eval_samples", "8", home=tmp_path, check=True)
     assert "done: f1" in proc.stdout
+
+
+PREFLIGHT = ["--task", "summarization", "--model_name", "builtin:tiny-bert"]
+
+
+@pytest.mark.parametrize("verb", [["enqueue", "--no_worker"], ["sweep", "--methods", "lora", "--lora_ranks", "4"]])
+def test_queue_and_sweep_refuse_with_the_same_preflight(tmp_path, verb):
+    """The same checks on every way into the store: the queue and a sweep refuse before writing anything."""
+    proc = cli(*verb, *[a for a in TINY if a not in ("builtin:tiny-t5", "--model_name")], *PREFLIGHT,
+               home=tmp_path / "home")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: task: builtin:tiny-bert is an encoder")
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert run_count(tmp_path / "home") == 0
+
+
+def test_a_bad_run_in_the_middle_of_a_grid_leaves_nothing_queued(tmp_path):
+    from peftcompare.preflight import preflight_all
+    from peftcompare.spec import RunSpec
+    from peftcompare.store import Store
+
+    store = Store(tmp_path)
+    good = RunSpec(model_name="builtin:tiny-t5", method="lora", capacity=4)
+    with pytest.raises(ValueError, match="no module named 'zz'"):
+        preflight_all([good, good.replace(target_modules="zz"), good.replace(capacity=8)])
+    from peftcompare import jobs
+
+    with pytest.raises(ValueError, match="fp16 needs a GPU"):
+        jobs.enqueue(store, good.replace(precision="fp16"))
+    assert store.list_runs() == []
