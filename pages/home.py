@@ -1,10 +1,11 @@
 """Home: what the app does, the machine, the Hub, the store and the queue."""
 import streamlit as st
 
-from peftcompare import ui
+from peftcompare import runtime, ui
 
 store = ui.store()
 online = ui.hub_online()
+endpoint = runtime.hub_endpoint()
 device = ui.device_summary()
 
 st.title("peftcompare")
@@ -25,8 +26,8 @@ c3.metric("Runs", sum(counts.values()), help=", ".join(f"{k}: {v}" for k, v in s
 c4.metric("Adapters", n_adapters)
 
 if online:
-    st.success("The Hugging Face Hub is reachable: models and datasets load from it (and its local cache).",
-               icon=":material/cloud_done:")
+    st.success(f"Hugging Face Hub: online ({endpoint}). Models and datasets load from it (and its local "
+               "cache); set HF_ENDPOINT to use a mirror.", icon=":material/cloud_done:")
 else:
     st.warning(f"The Hugging Face Hub is unreachable (offline, or HF_HUB_OFFLINE is set), so the app uses "
                f"the built-in model **{ui.OFFLINE_MODEL}** (a small T5 built in memory, nothing to download) "

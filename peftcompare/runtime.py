@@ -6,7 +6,9 @@ import platform
 import resource
 import socket
 import sys
+import threading
 from functools import lru_cache
+from urllib.parse import urlsplit
 
 
 def device_name() -> str:
@@ -90,13 +92,20 @@ def peak_memory_mb(device: str) -> float:
 def versions() -> dict:
     import importlib.metadata as md
 
+    from . import __version__
+
     out = {"python": platform.python_version(), "platform": platform.platform(), "cpu": cpu_model()}
     for pkg in ("peftcompare", "torch", "transformers", "peft", "accelerate", "datasets", "tokenizers",
-                "rouge_score", "scikit-learn"):
+                "huggingface_hub", "safetensors", "sentencepiece", "rouge_score", "scikit-learn", "streamlit"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             out[pkg] = None
+    # run from a clone, not installed: the package's own version, and the commit the numbers came from
+    out["peftcompare"] = out["peftcompare"] or __version__
+    commit = git_commit()
+    if commit:
+        out["peftcompare_commit"] = commit
     try:
         import torch
 
@@ -108,16 +117,63 @@ def versions() -> dict:
     return out
 
 
-def hub_reachable(timeout: float = 1.5) -> bool:
-    """Whether the Hugging Face Hub can be reached (False at once when HF_HUB_OFFLINE is set)."""
+def hub_endpoint() -> str:
+    """The Hub URL huggingface_hub talks to: HF_ENDPOINT as set now (huggingface_hub reads it once, at
+    import, so a variable set later would be missed by its constant), else the library's own default."""
+    from huggingface_hub.constants import ENDPOINT
+
+    return (os.environ.get("HF_ENDPOINT") or ENDPOINT).rstrip("/")
+
+
+def _endpoint_address(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"HF_ENDPOINT: {url!r} is not an http(s) URL")
+    return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def hub_reachable(timeout: float = 1.5, endpoint: str | None = None) -> bool:
+    """Whether the Hub endpoint (hub_endpoint() unless given) accepts a TCP connection within `timeout`
+    seconds; False at once when HF_HUB_OFFLINE is set."""
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         return False
     try:
-        socket.setdefaulttimeout(timeout)
-        socket.getaddrinfo("huggingface.co", 443)
-        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
-            return True
-    except OSError:
+        address = _endpoint_address(endpoint or hub_endpoint())
+    except ValueError:
         return False
-    finally:
-        socket.setdefaulttimeout(None)
+    result: list[bool] = []
+
+    def connect() -> None:
+        try:
+            with socket.create_connection(address, timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    # the name lookup inside create_connection ignores socket timeouts: a daemon thread bounds it too
+    probe = threading.Thread(target=connect, name="hub-probe", daemon=True)
+    probe.start()
+    probe.join(timeout)
+    return bool(result and result[0])
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """The clone's HEAD commit, read from .git without running git (None outside a clone)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    git = os.path.join(root, ".git")
+    try:
+        head = open(os.path.join(git, "HEAD")).read().strip()
+        if head.startswith("ref: "):
+            ref = head[5:]
+            path = os.path.join(git, ref)
+            if os.path.exists(path):
+                return open(path).read().strip()
+            with open(os.path.join(git, "packed-refs")) as f:
+                for line in f:
+                    if line.rstrip().endswith(" " + ref):
+                        return line.split()[0]
+            return None
+        return head
+    except OSError:
+        return None

@@ -84,15 +84,13 @@ def hub_online() -> bool:
     # HF_HUB_OFFLINE answers at once; a real probe is cached for a few minutes
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         return False
-    return _probe_hub()
+    return _probe_hub(runtime.hub_endpoint())
 
 
 @st.cache_data(ttl=300, show_spinner=False)
-def _probe_hub() -> bool:
-    # models imports torch (through families), not transformers: safe beside the warm-up thread
-    from .runtime import hub_reachable
-
-    return hub_reachable()
+def _probe_hub(endpoint: str) -> bool:
+    # keyed by the endpoint: a changed HF_ENDPOINT is probed afresh, not answered from the old cache
+    return runtime.hub_reachable(endpoint=endpoint)
 
 
 def default_model(online: bool) -> str:
