@@ -90,7 +90,7 @@ def cmd_train(args) -> int:
     else:
         spec = preflight(_spec_from_args(args, **({"method": "zero_shot"} if args.command == "zero-shot" else {})))
         run_id = _create_running(store, spec)
-    return train_mod.execute(spec, store, run_id, progress=_progress_bar())
+    return train_mod.execute(spec, store, run_id, progress=_progress_bar(spec.label()))
 
 
 def _create_running(store, spec) -> str:
@@ -110,21 +110,36 @@ def _create_running(store, spec) -> str:
     return store.create_run(spec, status="running", pid=os.getpid())
 
 
-def _progress_bar():
+def _progress_bar(label: str = ""):
+    """A tqdm bar (steps, loss, rate, ETA) on a terminal; None otherwise, and the run logs plain lines."""
     if not sys.stderr.isatty():
         return None
-    from tqdm.auto import tqdm
+    return _TerminalBar(label)
 
-    bar = {"t": None}
 
-    def update(step, total, loss):
-        if bar["t"] is None:
-            bar["t"] = tqdm(total=total, unit="step", dynamic_ncols=True)
-        bar["t"].update(step - bar["t"].n)
-        bar["t"].set_postfix(loss=f"{loss:.4f}")
+class _TerminalBar:
+    def __init__(self, label: str):
+        self.label, self.bar = label, None
+
+    def __call__(self, step: int, total: int, loss: float) -> None:
+        from tqdm.auto import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, unit="step", desc=self.label or None, dynamic_ncols=True, leave=False)
+        self.bar.update(step - self.bar.n)
+        self.bar.set_postfix(loss=f"{loss:.4f}")
         if step >= total:
-            bar["t"].close()
-    return update
+            self.close()
+
+    def write(self, msg: str) -> None:
+        from tqdm.auto import tqdm
+
+        tqdm.write(msg)  # above the bar, which is redrawn beneath it
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def cmd_params(args) -> int:
@@ -189,7 +204,7 @@ def cmd_sweep(args) -> int:
             continue
         print(f"[{i}/{len(todo)}] {spec.task} {spec.label()}", flush=True)
         run_id = _create_running(store, spec.resolved())
-        failures += train_mod.execute(spec, store, run_id, progress=_progress_bar()) != 0
+        failures += train_mod.execute(spec, store, run_id, progress=_progress_bar(f"[{i}/{len(todo)}]")) != 0
     if args.enqueue and todo:
         jobs.ensure_worker(store)
         print(f"enqueued {len(todo)} runs; the worker processes them one at a time")
@@ -351,7 +366,7 @@ def cmd_preset(args) -> int:
     for i, spec in enumerate(todo, 1):
         print(f"[{i}/{len(todo)}] {spec.model_name} {spec.dataset} {spec.label()}", flush=True)
         run_id = _create_running(store, spec.resolved())
-        failures += train_mod.execute(spec, store, run_id, progress=_progress_bar()) != 0
+        failures += train_mod.execute(spec, store, run_id, progress=_progress_bar(f"[{i}/{len(todo)}]")) != 0
     return 1 if failures else 0
 
 

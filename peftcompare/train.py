@@ -28,8 +28,13 @@ class Cancelled(Exception):
     pass
 
 
-def _log(msg: str) -> None:
-    print(msg, flush=True)
+def _log(msg: str, progress=None) -> None:
+    """A log line; through the terminal's progress bar when there is one (so the bar is not torn apart)."""
+    write = getattr(progress, "write", None)
+    if write is not None:
+        write(msg)
+    else:
+        print(msg, flush=True)
 
 
 def prepare_model(spec: RunSpec, loaded: models.Loaded, total_steps: int = 0):
@@ -168,7 +173,7 @@ def run_training(spec: RunSpec, store: Store, run_id: str, progress=None) -> dic
     t_load = time.perf_counter()
     task_data = data_mod.load_task_data(spec)
     if task_data.notice and main:
-        _log(task_data.notice)
+        _log(task_data.notice, progress)
     loaded = models.load_model(spec.model_name)
     family = loaded.family
     if spec.task == "summarization" and not family.generative:
@@ -203,7 +208,7 @@ def run_training(spec: RunSpec, store: Store, run_id: str, progress=None) -> dic
                      versions_json=versions, total_steps=total_steps, fast_paths_json=fast,
                      world_size=world, spec_json=spec.to_json())
         _log(f"{spec.label()} on {spec.model_name}: {trainable:,} trainable of {total:,} parameters, "
-             f"{len(train_feats)} train / {len(eval_feats)} eval examples, {precision} on {device}")
+             f"{len(train_feats)} train / {len(eval_feats)} eval examples, {precision} on {device}", progress)
 
     def run_eval() -> tuple[dict, float]:
         t0 = time.perf_counter()
@@ -278,7 +283,8 @@ def run_training(spec: RunSpec, store: Store, run_id: str, progress=None) -> dic
             epochs.append(entry)
             if main:
                 store.update(run_id, epochs_json=epochs, heartbeat=time.time())
-                _log(f"epoch {epoch + 1}: loss {entry['train_loss']:.4f} {metric_name} {metrics[metric_name]:.4f}")
+                _log(f"epoch {epoch + 1}: loss {entry['train_loss']:.4f} {metric_name} {metrics[metric_name]:.4f}",
+                     progress)
             if metrics[metric_name] > best_metric:
                 best_metric, best_epoch = metrics[metric_name], epoch + 1
                 best_state, best_metrics = trainable_state(accelerator.unwrap_model(model)), metrics
@@ -315,7 +321,7 @@ def run_training(spec: RunSpec, store: Store, run_id: str, progress=None) -> dic
     if adapter_dir:  # run.json gets the final peak memory as well
         (Path(adapter_dir) / "run.json").write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
     _log(f"done: {metric_name} {final[metric_name]:.4f} (best epoch {best_epoch}); "
-         f"{record['train_samples_per_second'] or 0:.1f} train samples/s; run {run_id}")
+         f"{record['train_samples_per_second'] or 0:.1f} train samples/s; run {run_id}", progress)
     return record
 
 
@@ -359,7 +365,7 @@ def execute(spec: RunSpec, store: Store, run_id: str, progress=None) -> int:
         return 0
     except Cancelled:
         store.transition(run_id, "cancelled", ("running",), finished_at=time.time(), error="cancelled by the user")
-        _log("cancelled")
+        _log("cancelled", progress)
         return 3
     except KeyboardInterrupt:
         store.transition(run_id, "cancelled", ("running",), finished_at=time.time(), error="interrupted (Ctrl-C)")
@@ -370,7 +376,7 @@ def execute(spec: RunSpec, store: Store, run_id: str, progress=None) -> int:
         try:
             store.transition(run_id, "failed", ("running", "queued"), finished_at=time.time(), error=reason)
         finally:
-            _log(f"failed: {reason}")
+            _log(f"failed: {reason}", progress)
         return 1
     finally:
         try:

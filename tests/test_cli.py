@@ -128,3 +128,48 @@ def test_a_bad_run_in_the_middle_of_a_grid_leaves_nothing_queued(tmp_path):
     with pytest.raises(ValueError, match="fp16 needs a GPU"):
         jobs.enqueue(store, good.replace(precision="fp16"))
     assert store.list_runs() == []
+
+
+def _run_on_a_terminal(args: list[str], home) -> str:
+    """The CLI with a pseudo-terminal as stdout and stderr, as a user at a shell sees it."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    from pipeline_helpers import ROOT
+
+    import fcntl
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    # a real terminal has a size; a fresh pty has 0 x 0, and tqdm draws nothing in 0 columns
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "peftcompare", "--home", str(home), *args], stdin=subprocess.DEVNULL,
+                            stdout=follower, stderr=follower, env=env, cwd=ROOT)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert proc.wait(timeout=300) == 0
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_train_on_a_terminal_shows_a_progress_bar_and_plain_lines_otherwise(tmp_path):
+    args = ["train", *TINY, "--num_train_epochs", "2"]
+    screen = _run_on_a_terminal(args, tmp_path / "tty")
+    assert "step/s" in screen and "loss=" in screen and "6/6" in screen  # tqdm: steps, loss, rate and ETA
+    # log lines go above the bar, never into the middle of it
+    assert any(line.strip().startswith("epoch 1: loss") for line in screen.replace("\r", "\n").splitlines())
+    piped = cli(*args, home=tmp_path / "pipe", check=True)
+    assert "step/s" not in piped.stdout + piped.stderr and "\r" not in piped.stderr
+    assert "epoch 2: loss" in piped.stdout
