@@ -162,13 +162,17 @@ def git_commit() -> str | None:
     """The clone's HEAD commit, read from .git without running git (None outside a clone)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     git = os.path.join(root, ".git")
+
+    def read(*parts: str) -> str:
+        with open(os.path.join(git, *parts)) as f:
+            return f.read().strip()
+
     try:
-        head = open(os.path.join(git, "HEAD")).read().strip()
+        head = read("HEAD")
         if head.startswith("ref: "):
             ref = head[5:]
-            path = os.path.join(git, ref)
-            if os.path.exists(path):
-                return open(path).read().strip()
+            if os.path.exists(os.path.join(git, ref)):
+                return read(ref)
             with open(os.path.join(git, "packed-refs")) as f:
                 for line in f:
                     if line.rstrip().endswith(" " + ref):

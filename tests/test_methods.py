@@ -212,3 +212,32 @@ def test_adalora_reallocates_ranks(store):
     saved = load_file(os.path.join(run["adapter_dir"], "adapter_model.safetensors"))
     e_shapes = [t.shape[0] for n, t in saved.items() if "lora_E" in n]
     assert sorted(e_shapes) == sorted(ranks)  # the adapter is saved pruned
+
+
+@pytest.mark.parametrize("model_name", TINY)
+def test_peft_triggers_no_deprecated_transformers_names(model_name):
+    """PEFT reads `is_gradient_checkpointing` in every PeftModel's constructor and passes the KV cache as
+    `past_key_values`; on transformers releases that deprecate those names neither may warn in a run."""
+    import warnings
+
+    import torch
+
+    for method in ("lora", "prefix", "prompt"):
+        loaded = models.load_model(model_name)
+        spec = RunSpec(model_name=model_name, method=method, capacity=4).resolved()
+        tok, fam = loaded.tokenizer, loaded.family
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = train.prepare_model(spec, loaded, total_steps=10)
+            feats = fam.encode_inputs(["sst2: a fine film", "sst2: dull"], tok, 32)
+            if fam.name == "encoder":
+                fam.attach_labels(loaded, ["negative", "positive"])
+            batch = fam.collate(feats, tok)
+            with torch.no_grad():
+                fam.label_logprobs(model, batch, [tok("positive", add_special_tokens=False)["input_ids"]] * 2)
+                if fam.generative:
+                    fam.generate(model, batch, tok, 3)
+        deprecated = [f"{w.filename}:{w.lineno}: {w.message}" for w in caught
+                      if issubclass(w.category, FutureWarning)
+                      and ("is_gradient_checkpointing" in str(w.message) or "past_key_values" in str(w.message))]
+        assert not deprecated, (method, deprecated)

@@ -91,3 +91,23 @@ def test_cli_trains_the_spiece_checkpoint(spiece_t5, tmp_path):
     assert run["model_name"] == str(path) and run["data_source"] == "sample"  # offline: the bundled sst2 sample
     assert run["trainable_params"] > 0 and 0.0 <= run["metrics"]["f1"] <= 1.0
     assert not (path / "tokenizer.json").exists()
+
+
+def test_a_model_directory_without_tokenizer_files_is_refused(spiece_t5, tmp_path):
+    """transformers 5 builds a 4-token tokenizer from nothing, which trains to f1 0 and says "completed":
+    refuse the directory in one line, before a record exists."""
+    import shutil
+
+    from test_cli import run_count
+
+    path, _ = spiece_t5
+    bare = tmp_path / "no-tokenizer"
+    shutil.copytree(path, bare)
+    (bare / "spiece.model").unlink()
+    home = tmp_path / "home"
+    proc = cli("train", "--model_name", str(bare), "--train_samples", "16", "--eval_samples", "8",
+               "--num_train_epochs", "1", home=home)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: model_name: ")
+    assert "no tokenizer files" in proc.stderr and "Traceback" not in proc.stderr
+    assert run_count(home) == 0
