@@ -8,6 +8,7 @@ interpreter, is not the run's owner.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -57,3 +58,13 @@ def alive(pid: int | None, started: int | None = None) -> bool:
     if started is not None and start_ticks(pid) != started:
         return False  # the pid was reused
     return _is_python(pid)
+
+
+def stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """Ask a child process to end (SIGTERM), and kill it when it has not within `timeout` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)

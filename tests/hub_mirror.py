@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from peftcompare import procs
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "peftcompare" / "samples"
 MODEL_ID = "google/flan-t5-small"
@@ -225,15 +227,6 @@ def wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout: float = 30.
     raise RuntimeError(f"olah did not answer {url} within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
 
 
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
-
-
 def build_repos(mirrors: Path, repos: Path) -> int:
     """The three repos as git repos under `mirrors`, olah's revision cache under `repos`; returns the
     model's parameter count."""
@@ -267,4 +260,4 @@ def hub_mirror(tmp_path_factory):
             wait_ready(proc, f"{endpoint}/api/models/{MODEL_ID}", base / "olah.out")
             yield HubMirror(endpoint, hf_home, model_params)
         finally:
-            stop(proc)
+            procs.stop(proc)

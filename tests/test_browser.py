@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, stop_processes, wait_for
+from peftcompare import procs
 from peftcompare.store import Store
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -51,12 +52,7 @@ def start_app(home: Path, port: int, extra_env: dict | None = None) -> subproces
 
 
 def stop_app(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    procs.stop(proc)
 
 
 @pytest.fixture
