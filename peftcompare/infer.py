@@ -23,6 +23,7 @@ from . import methods, models, runtime, tasks
 from .spec import RunSpec
 
 MAX_COMPARE_CHARS = 20_000
+ROWS_PER_BATCH = 64  # compare_many: rows (texts x columns) per batched call; the LoRA bank gathers A, B per row
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
 LORA_LIKE = {"lora"}
 SOFT_PROMPT = {"prompt", "ptuning"}  # input-embedding prompts: batched together
@@ -313,13 +314,9 @@ class CompareEngine:
         return out
 
     # -- the comparison -----------------------------------------------------------------------------
-    def compare(self, text: str, run_ids: list[str], task: str | None = None, model_name: str | None = None,
-                reference: str | None = None, max_new_tokens: int | None = None) -> dict:
-        text = (text or "").strip()
-        if not text:
-            raise ValueError("text: enter some text to compare")
-        if len(text) > MAX_COMPARE_CHARS:
-            raise ValueError(f"text: {len(text):,} characters is too long (at most {MAX_COMPARE_CHARS:,})")
+    def plan(self, run_ids: list[str], task: str | None = None, model_name: str | None = None) -> dict:
+        """The columns of a comparison, zero-shot first: adapters checked for one base model and one task.
+        Loads nothing but the adapters' records."""
         recs = self.records(list(dict.fromkeys(run_ids)))
         names = {r["_spec"].model_name for r in recs}
         if model_name:
@@ -332,9 +329,6 @@ class CompareEngine:
             raise ValueError("adapters of different tasks cannot share one comparison")
         task = task_names.pop() if task_names else "classification"
         model_name = names.pop() if names else "builtin:tiny-t5"
-        loaded = self._base(model_name)
-        for r in recs:  # refuse a mismatched adapter before any of them touches the shared base
-            check_fits(r, loaded)
         zs_spec = RunSpec(task=task, method="zero_shot", model_name=model_name).resolved()
         if recs:  # the zero-shot column uses the adapters' template and lengths, so only the adapter differs
             s = recs[0]["_spec"]
@@ -349,9 +343,32 @@ class CompareEngine:
             m = methods.get_method(s.method)
             columns.append({"key": r["run_id"], "label": f"{m.title} {s.capacity if m.capacity_name else ''} "
                             f"(seed {s.seed})".replace("  ", " "), "spec": s, "method": s.method, "rec": r})
-        max_new = max_new_tokens or zs_spec.max_target_length
-        run = lambda model, cols, kw: self._run_rows(model, cols, text, task, label_words, max_new, kw)  # noqa
-        results: dict[str, dict] = {}
+        return {"task": task, "model_name": model_name, "recs": recs, "columns": columns, "zs_spec": zs_spec,
+                "label_words": label_words}
+
+    def _answers(self, plan: dict, texts: list[str], max_new: int, rows_per_batch: int = 0,
+                 progress=None) -> dict[str, list[dict]]:
+        """{column key: [its answer to each text]}. Zero-shot and the LoRA adapters share one batched call per
+        batch of texts, soft prompts another, the other methods attach one at a time; a batch holds whole
+        texts x the group's columns (rows_per_batch rows at most, at least one text)."""
+        loaded = self._base(plan["model_name"])
+        for r in plan["recs"]:  # refuse a mismatched adapter before any of them touches the shared base
+            check_fits(r, loaded)
+        columns, task, label_words = plan["columns"], plan["task"], plan["label_words"]
+        total, done = len(texts) * len(columns), [0]
+
+        def tick(n: int) -> None:
+            done[0] += n
+            if progress is not None:
+                progress(done[0], total)
+
+        def run(fwd, cols):
+            return self._run_rows(fwd, cols, texts, task, label_words, max_new, rows_per_batch, tick)
+
+        def fixed(model, kwargs=None):  # every batch on the same model
+            return lambda keys: nullcontext((model, kwargs or {}))
+
+        results: dict[str, list[dict]] = {}
         # injected adapters first: they unload LoRA, which the mixed batch below then reloads once
         for c in [c for c in columns if c["method"] in INJECTED]:
             self._drop_lora()
@@ -359,7 +376,7 @@ class CompareEngine:
 
             wrapped = PeftModel.from_pretrained(self._raw(), str(c["rec"]["_dir"])).eval()
             try:
-                results.update(run(wrapped, [c], {}))
+                results.update(run(fixed(wrapped), [c]))
             finally:
                 wrapped.unload()
         # zero-shot + every LoRA adapter: one mixed batch
@@ -370,29 +387,47 @@ class CompareEngine:
                 self.bank = LoraBank(self._raw(), self.device)
             for c in lora_cols:
                 self.bank.add(c["key"], c["rec"], self._stamp(c["rec"]))
-            with self._plain_base(), self.bank.rows([c["key"] for c in group]) as model:
-                results.update(run(model, group, {}))
+
+            @contextmanager
+            def banked(keys):
+                with self.bank.rows(keys) as model:
+                    yield model, {}
+            with self._plain_base():
+                results.update(run(banked, group))
         elif lora_cols:
             for c in lora_cols:
                 self._ensure_lora(c["rec"])
-            results.update(run(self.lora, group, {"adapter_names": [c["key"] for c in group]}))
+            results.update(run(lambda keys: nullcontext((self.lora, {"adapter_names": keys})), group))
         else:
             with self._plain_base() as raw:
-                results.update(run(raw, group, {}))
+                results.update(run(fixed(raw), group))
         soft = [c for c in columns if c["method"] in SOFT_PROMPT and self._groupable(c["rec"])]
         if soft:  # every soft-prompt adapter: one batch, one encoder pass
             with self._plain_base():
-                results.update(self._run_soft_prompts(soft, text, task, label_words, max_new))
+                results.update(self._run_soft_prompts(soft, texts, task, label_words, max_new, rows_per_batch,
+                                                      tick))
         for c in [c for c in columns if c["method"] in PROMPT_LIKE and c["key"] not in results]:
             with self._plain_base() as raw:
                 wrapped = self._prompt_model(raw, c["rec"])
-                results.update(run(wrapped, [c], {}))
+                results.update(run(fixed(wrapped), [c]))
         for c in [c for c in columns if methods.get_method(c["method"]).prepare is not None]:
             with self._plain_base() as raw, self._swapped(raw, c["rec"]):
-                results.update(run(raw, [c], {}))
+                results.update(run(fixed(raw), [c]))
+        return results
+
+    def compare(self, text: str, run_ids: list[str], task: str | None = None, model_name: str | None = None,
+                reference: str | None = None, max_new_tokens: int | None = None) -> dict:
+        text = (text or "").strip()
+        if not text:
+            raise ValueError("text: enter some text to compare")
+        if len(text) > MAX_COMPARE_CHARS:
+            raise ValueError(f"text: {len(text):,} characters is too long (at most {MAX_COMPARE_CHARS:,})")
+        plan = self.plan(run_ids, task, model_name)
+        task, model_name = plan["task"], plan["model_name"]
+        results = self._answers(plan, [text], max_new_tokens or plan["zs_spec"].max_target_length)
         out_cols = []
-        for c in columns:
-            r = results[c["key"]]
+        for c in plan["columns"]:
+            r = results[c["key"]][0]
             col = {"key": c["key"], "label": c["label"], "method": c["method"], "output": r["output"],
                    "probability": r.get("probability"), "latency_ms": r["latency_ms"],
                    "batched_with": r.get("batched_with", 1)}
@@ -405,6 +440,29 @@ class CompareEngine:
             out_cols.append(col)
         return {"task": task, "model_name": model_name, "text": text, "reference": reference,
                 "columns": out_cols, "precision": self.precision, "device": self.device}
+
+    def compare_many(self, texts: list[str], run_ids: list[str], task: str | None = None,
+                     model_name: str | None = None, max_new_tokens: int | None = None,
+                     rows_per_batch: int = ROWS_PER_BATCH, progress=None) -> dict:
+        """Zero-shot and every adapter on many texts (the disagreement finder), through the same batched
+        paths as compare(). Texts are rendered as they are (like evaluation, not stripped).
+        progress(done, total) is called after every batch, counting answers (texts x columns)."""
+        if not texts:
+            raise ValueError("texts: give at least one text")
+        plan = self.plan(run_ids, task, model_name)
+        t0 = time.perf_counter()
+        results = self._answers(plan, list(texts), max_new_tokens or plan["zs_spec"].max_target_length,
+                                rows_per_batch, progress)
+        columns = []
+        for c in plan["columns"]:
+            rows = results[c["key"]]
+            columns.append({"key": c["key"], "label": c["label"], "method": c["method"],
+                            "outputs": [r["output"] for r in rows],
+                            "probabilities": [r.get("probability") for r in rows],
+                            "distributions": [r.get("distribution") for r in rows]})
+        return {"task": plan["task"], "model_name": plan["model_name"], "label_words": plan["label_words"],
+                "columns": columns, "precision": self.precision, "device": self.device,
+                "seconds": time.perf_counter() - t0}
 
     # -- prompt learning ----------------------------------------------------------------------------
     def _groupable(self, rec: dict) -> bool:
@@ -424,31 +482,42 @@ class CompareEngine:
         return self.soft_prompts[key]
 
     @torch.no_grad()
-    def _run_soft_prompts(self, cols: list[dict], text: str, task: str, label_words, max_new: int) -> dict:
+    def _run_soft_prompts(self, cols: list[dict], texts: list[str], task: str, label_words, max_new: int,
+                          rows_per_batch: int = 0, tick=None) -> dict:
         from transformers.modeling_outputs import BaseModelOutput
 
         raw, fam, tok = self._raw(), self.loaded.family, self.loaded.tokenizer
         embed = raw.get_input_embeddings()
-        rows = []
-        for c in cols:
-            ids = fam.encode_inputs([data_mod.render(c["spec"].prompt_template, text)], tok,
-                                    c["spec"].max_source_length)[0]["input_ids"]
-            tokens = embed(torch.tensor(ids, device=self.device))
-            rows.append(torch.cat([self._soft_prompt(c["rec"]).to(tokens.dtype), tokens], 0))
-        width = max(r.shape[0] for r in rows)
-        embeds = rows[0].new_zeros(len(rows), width, rows[0].shape[1])
-        mask = torch.zeros(len(rows), width, dtype=torch.long, device=self.device)
-        for i, r in enumerate(rows):  # prompt first, then the text, then padding (masked)
-            embeds[i, : r.shape[0]], mask[i, : r.shape[0]] = r, 1
-        t0 = time.perf_counter()
-        with eval_mod.autocast(self.device, self.dtype):
-            enc = BaseModelOutput(last_hidden_state=raw.get_encoder()(inputs_embeds=embeds, attention_mask=mask,
-                                                                      return_dict=True).last_hidden_state)
-        # the decoder only needs the batch shape from input_ids once the encoder has run
-        batch = {"input_ids": torch.full_like(mask, tok.pad_token_id), "attention_mask": mask}
-        outs = self._answer(raw, batch, task, label_words, max_new, {"encoder_outputs": enc})
-        ms = (time.perf_counter() - t0) * 1000
-        return {c["key"]: {**o, "latency_ms": ms, "batched_with": len(cols)} for c, o in zip(cols, outs)}
+        feats = [fam.encode_inputs([data_mod.render(c["spec"].prompt_template, t) for t in texts], tok,
+                                   c["spec"].max_source_length) for c in cols]
+        prompts = [self._soft_prompt(c["rec"]) for c in cols]
+        lengths = [max(len(f[i]["input_ids"]) + p.shape[0] for f, p in zip(feats, prompts))
+                   for i in range(len(texts))]
+        out: dict[str, list] = {c["key"]: [None] * len(texts) for c in cols}
+        for idx in data_mod.sorted_batches(lengths, max(1, rows_per_batch // len(cols))):
+            pairs = [(j, i) for i in idx for j in range(len(cols))]
+            rows = []
+            for j, i in pairs:
+                tokens = embed(torch.tensor(feats[j][i]["input_ids"], device=self.device))
+                rows.append(torch.cat([prompts[j].to(tokens.dtype), tokens], 0))
+            width = max(r.shape[0] for r in rows)
+            embeds = rows[0].new_zeros(len(rows), width, rows[0].shape[1])
+            mask = torch.zeros(len(rows), width, dtype=torch.long, device=self.device)
+            for k, r in enumerate(rows):  # prompt first, then the text, then padding (masked)
+                embeds[k, : r.shape[0]], mask[k, : r.shape[0]] = r, 1
+            t0 = time.perf_counter()
+            with eval_mod.autocast(self.device, self.dtype):
+                enc = BaseModelOutput(last_hidden_state=raw.get_encoder()(
+                    inputs_embeds=embeds, attention_mask=mask, return_dict=True).last_hidden_state)
+            # the decoder only needs the batch shape from input_ids once the encoder has run
+            batch = {"input_ids": torch.full_like(mask, tok.pad_token_id), "attention_mask": mask}
+            answers = self._answer(raw, batch, task, label_words, max_new, {"encoder_outputs": enc})
+            ms = (time.perf_counter() - t0) * 1000
+            for (j, i), a in zip(pairs, answers):
+                out[cols[j]["key"]][i] = {**a, "latency_ms": ms, "batched_with": len(pairs)}
+            if tick is not None:
+                tick(len(pairs))
+        return out
 
     def _prompt_model(self, raw, rec: dict):
         from peft import PeftModel
@@ -481,18 +550,31 @@ class CompareEngine:
                 ids = eval_mod.label_token_ids(tok, label_words)
                 p = torch.softmax(fam.label_logprobs(model, batch, ids, **kwargs).float(), -1)
                 best = p.argmax(-1).tolist()
-                return [{"output": label_words[b], "probability": float(p[i, b])} for i, b in enumerate(best)]
+                dist = p.tolist()
+                return [{"output": label_words[b], "probability": dist[i][b], "distribution": dist[i]}
+                        for i, b in enumerate(best)]
             texts = fam.generate(model, batch, tok, max_new, **kwargs)
             return [{"output": t.strip()} for t in texts]
 
     @torch.no_grad()
-    def _run_rows(self, model, cols: list[dict], text: str, task: str, label_words, max_new: int,
-                  kwargs: dict) -> dict:
+    def _run_rows(self, fwd, cols: list[dict], texts: list[str], task: str, label_words, max_new: int,
+                  rows_per_batch: int = 0, tick=None) -> dict:
+        """Every column of cols answers every text. fwd(row keys) is a context giving (model, kwargs) for one
+        batch whose row r belongs to column row_keys[r]; batches hold whole texts, longest first."""
         fam, tok = self.loaded.family, self.loaded.tokenizer
-        feats = [fam.encode_inputs([data_mod.render(c["spec"].prompt_template, text)], tok,
-                                   c["spec"].max_source_length)[0] for c in cols]
-        batch = {k: v.to(self.device) for k, v in fam.collate(feats, tok).items()}
-        t0 = time.perf_counter()
-        outs = self._answer(model, batch, task, label_words, max_new, kwargs)
-        ms = (time.perf_counter() - t0) * 1000
-        return {c["key"]: {**o, "latency_ms": ms, "batched_with": len(cols)} for c, o in zip(cols, outs)}
+        feats = [fam.encode_inputs([data_mod.render(c["spec"].prompt_template, t) for t in texts], tok,
+                                   c["spec"].max_source_length) for c in cols]
+        lengths = [max(len(f[i]["input_ids"]) for f in feats) for i in range(len(texts))]
+        out: dict[str, list] = {c["key"]: [None] * len(texts) for c in cols}
+        for idx in data_mod.sorted_batches(lengths, max(1, rows_per_batch // len(cols))):
+            pairs = [(j, i) for i in idx for j in range(len(cols))]
+            batch = {k: v.to(self.device) for k, v in fam.collate([feats[j][i] for j, i in pairs], tok).items()}
+            with fwd([cols[j]["key"] for j, _ in pairs]) as (model, kwargs):
+                t0 = time.perf_counter()
+                answers = self._answer(model, batch, task, label_words, max_new, kwargs)
+                ms = (time.perf_counter() - t0) * 1000
+            for (j, i), a in zip(pairs, answers):
+                out[cols[j]["key"]][i] = {**a, "latency_ms": ms, "batched_with": len(pairs)}
+            if tick is not None:
+                tick(len(pairs))
+        return out
