@@ -1,9 +1,11 @@
 """Train: a run spec (or a sweep grid) from a form, the trainable-parameter count before anything
 runs, enqueue; and the live queue with progress, loss, ETA, log tail, cancel and retry."""
+import time
+
 import pandas as pd
 import streamlit as st
 
-from peftcompare import curves, jobs, methods, public, tasks, ui
+from peftcompare import curves, jobs, methods, preflight, public, tasks, ui
 from peftcompare.spec import OFFLINE_RECIPE, PRECISIONS, RunSpec, field_help, spec_fields
 from peftcompare.store import ACTIVE
 
@@ -25,14 +27,20 @@ if public.is_public():  # start inside the instance's limits, so the first click
                       "tr_num_train_epochs": min(_defaults["tr_num_train_epochs"], public.LIMITS.max_epochs)})
 _defaults.update({
     "tr_model_name": ui.default_model(online), "tr_mode": "Single run", "tr_sweep_methods": ["lora", "prompt"],
-    "tr_sweep_caps": "4, 8", "tr_sweep_seeds": "42", "tr_sweep_zero_shot": True, "tr_dataset_hub": "",
-    "tr_train_path": "", "tr_validation_path": "", "tr_uploads": {}, "tr_flash": None, "tr_was_active": False,
+    "tr_sweep_seeds": "42", "tr_sweep_zero_shot": True, "tr_dataset_hub": "",
+    "tr_train_path": "", "tr_validation_path": "", "tr_uploads": {}, "tr_flash": None, "tr_queue_live": False,
+    "tr_queue_msg": None,
 })
 for _k, _v in _defaults.items():
     st.session_state.setdefault(_k, _v)
 _datasets = [d.name for d in tasks.DATASETS.values() if d.task == st.session_state["tr_task"]]
-if st.session_state["tr_dataset"] not in ["", *_datasets, HUB_DATASET]:
-    st.session_state["tr_dataset"] = ""  # the task changed: its default dataset
+if st.session_state.get("tr_dataset_task") != st.session_state["tr_task"]:
+    # The task changed: back to its default dataset. The value is set even when it is "" already: the
+    # Dataset box keeps its identity across tasks (its key), so without a value from the script the browser
+    # keeps showing the old task's label ("sst2 (task default)" under summarization) as a stale choice.
+    keep = st.session_state["tr_dataset"] in (HUB_DATASET, *_datasets)
+    st.session_state["tr_dataset"] = st.session_state["tr_dataset"] if keep else ""
+    st.session_state["tr_dataset_task"] = st.session_state["tr_task"]
 
 
 def H(name: str) -> str:
@@ -54,9 +62,9 @@ st.title("Train")
 if not ui.can("train"):
     st.info("Training is turned off on this public instance. Browse the stored adapters and curves instead.")
 if not online:
-    st.caption(f"Offline: `{ui.OFFLINE_MODEL}` and the bundled sample data are the defaults "
-               "(the sample sets are small, so runs take seconds). The tiny model starts from random weights, "
-               "so the form proposes learning rate 1e-2 and 10 epochs over the whole sample.")
+    st.caption(f"Offline: `{ui.OFFLINE_MODEL}` and the bundled sample data are the defaults. The tiny model "
+               "starts from random weights, so the form proposes learning rate 1e-2 and 10 epochs over the "
+               "whole sample; the estimate below the form says how long that takes on this machine.")
 
 # -- the form ---------------------------------------------------------------------------------------
 c1, c2, c3 = st.columns(3)
@@ -79,25 +87,38 @@ if not sweep:
     c1.selectbox("Method", list(methods.METHODS), key="tr_method", help=H("method"),
                  format_func=lambda m: methods.get_method(m).title)
     m = methods.get_method(st.session_state["tr_method"])
-    c2.number_input(f"Capacity ({m.capacity_name or 'none for this method'})", min_value=1, step=1,
+    # no min_value: a number input clamps what is typed below its minimum back without a word (capacity 0
+    # kept the old value); the spec check below says what is wrong instead
+    c2.number_input(f"Capacity ({m.capacity_name or 'none for this method'})", step=1,
                     key="tr_capacity", help=H("capacity"), disabled=m.capacity_name is None)
-    c3.number_input("Seed", min_value=0, step=1, key="tr_seed", help=H("seed"))
+    c3.number_input("Seed", step=1, key="tr_seed", help=H("seed"))
     st.caption(f"**{m.title}**: {m.help} {m.note}")
 else:
     c1.multiselect("Methods", TRAINABLE, key="tr_sweep_methods", help=H("method"),
                    format_func=lambda m: methods.get_method(m).title)
-    c2.text_input("Capacities", key="tr_sweep_caps", help=H("capacity") + " Comma-separated; methods "
-                  "without a capacity knob run once per seed.")
-    c3.text_input("Seeds", key="tr_sweep_seeds", help=H("seed") + " Comma-separated.")
-    st.checkbox("Include a zero-shot baseline", key="tr_sweep_zero_shot",
+    c2.text_input("Seeds", key="tr_sweep_seeds", help=H("seed") + " Comma-separated.")
+    c3.checkbox("Include a zero-shot baseline", key="tr_sweep_zero_shot",
                 help="The untouched model on the same evaluation set: the horizontal line on the curves.")
+    # one capacities box per chosen method, prefilled from its reference grid
+    knobbed = [methods.get_method(n) for n in st.session_state["tr_sweep_methods"]
+               if methods.get_method(n).capacity_name]
+    for i, mm in enumerate(knobbed):
+        if i % 3 == 0:
+            cols = st.columns(3)
+        key = f"tr_sweep_caps_{mm.name}"
+        st.session_state.setdefault(key, ", ".join(map(str, ui.default_capacities(mm.name, online))))
+        cols[i % 3].text_input(f"{mm.title}: {mm.capacity_name}", key=key,
+                               help=f"Comma-separated {mm.capacity_name} values for {mm.title} "
+                                    f"(1 to {mm.max_capacity}); one run per value and seed.")
+    no_knob = [methods.get_method(n).title for n in st.session_state["tr_sweep_methods"]
+               if not methods.get_method(n).capacity_name]
+    if no_knob:
+        st.caption(f"{', '.join(no_knob)}: no capacity knob, one run per seed.")
 
 c1, c2, c3 = st.columns(3)
-c1.number_input("Training examples (0 = all)", min_value=0, step=50, key="tr_train_samples",
-                help=H("train_samples"))
-c2.number_input("Evaluation examples (0 = all)", min_value=0, step=50, key="tr_eval_samples",
-                help=H("eval_samples"))
-c3.number_input("Epochs", min_value=1, step=1, key="tr_num_train_epochs", help=H("num_train_epochs"))
+c1.number_input("Training examples (0 = all)", step=50, key="tr_train_samples", help=H("train_samples"))
+c2.number_input("Evaluation examples (0 = all)", step=50, key="tr_eval_samples", help=H("eval_samples"))
+c3.number_input("Epochs", step=1, key="tr_num_train_epochs", help=H("num_train_epochs"))
 
 with st.expander("Data: columns, prompt and your own files"):
     c1, c2 = st.columns(2)
@@ -117,26 +138,23 @@ with st.expander("Data: columns, prompt and your own files"):
 
 with st.expander("Training: learning rate, batch, precision, lengths"):
     c1, c2, c3 = st.columns(3)
-    c1.number_input("Learning rate", min_value=0.0, step=1e-4, format="%.1e", key="tr_learning_rate",
-                    help=H("learning_rate"))
-    c2.number_input("Train batch size", min_value=1, step=1, key="tr_per_device_train_batch_size",
+    c1.number_input("Learning rate", step=1e-4, format="%.1e", key="tr_learning_rate", help=H("learning_rate"))
+    c2.number_input("Train batch size", step=1, key="tr_per_device_train_batch_size",
                     help=H("per_device_train_batch_size"))
-    c3.number_input("Eval batch size", min_value=1, step=1, key="tr_per_device_eval_batch_size",
+    c3.number_input("Eval batch size", step=1, key="tr_per_device_eval_batch_size",
                     help=H("per_device_eval_batch_size"))
     c1.selectbox("Precision", list(PRECISIONS), key="tr_precision", help=H("precision"))
-    c2.number_input("Weight decay", min_value=0.0, step=0.01, key="tr_weight_decay", help=H("weight_decay"))
-    c3.number_input("Warm-up ratio", min_value=0.0, max_value=0.99, step=0.05, key="tr_warmup_ratio",
-                    help=H("warmup_ratio"))
-    c1.number_input("Max input tokens (0 = task default)", min_value=0, step=32, key="tr_max_source_length",
+    c2.number_input("Weight decay", step=0.01, key="tr_weight_decay", help=H("weight_decay"))
+    c3.number_input("Warm-up ratio", step=0.05, key="tr_warmup_ratio", help=H("warmup_ratio"))
+    c1.number_input("Max input tokens (0 = task default)", step=32, key="tr_max_source_length",
                     help=H("max_source_length"))
-    c2.number_input("Max target tokens (0 = task default)", min_value=0, step=8, key="tr_max_target_length",
+    c2.number_input("Max target tokens (0 = task default)", step=8, key="tr_max_target_length",
                     help=H("max_target_length"))
 
 with st.expander("Method options: LoRA alpha, dropout, target modules"):
     c1, c2, c3 = st.columns(3)
-    c1.number_input("LoRA alpha (0 = max(16, 2r))", min_value=0, step=1, key="tr_lora_alpha", help=H("lora_alpha"))
-    c2.number_input("LoRA dropout", min_value=0.0, max_value=0.99, step=0.05, key="tr_lora_dropout",
-                    help=H("lora_dropout"))
+    c1.number_input("LoRA alpha (0 = max(16, 2r))", step=1, key="tr_lora_alpha", help=H("lora_alpha"))
+    c2.number_input("LoRA dropout", step=0.05, key="tr_lora_dropout", help=H("lora_dropout"))
     c3.text_input("Target modules", key="tr_target_modules", help=H("target_modules"))
 
 
@@ -157,9 +175,11 @@ def form_specs() -> tuple[RunSpec, list[RunSpec]]:
         return base, [base]
     values["method"] = "lora"
     base = RunSpec.from_dict(values)
-    grid = ui.grid_specs(base, list(st.session_state["tr_sweep_methods"]),
-                         ui.parse_int_list(st.session_state["tr_sweep_caps"], "capacities"),
-                         ui.parse_int_list(st.session_state["tr_sweep_seeds"], "seeds"),
+    chosen = list(st.session_state["tr_sweep_methods"])
+    caps = {n: ui.parse_int_list(st.session_state.get(f"tr_sweep_caps_{n}", ""),
+                                 f"capacities for {methods.get_method(n).title}")
+            for n in chosen if methods.get_method(n).capacity_name}
+    grid = ui.grid_specs(base, chosen, caps, ui.parse_int_list(st.session_state["tr_sweep_seeds"], "seeds"),
                          bool(st.session_state["tr_sweep_zero_shot"]))
     return base, grid
 
@@ -169,81 +189,72 @@ specs, form_error = [], None
 try:
     base, specs = form_specs()
 except ValueError as exc:
-    form_error = str(exc).splitlines()[0]
+    form_error = ui.user_message(exc)
     st.error(form_error, icon=":material/error:")
 
 param_slot = st.empty()
+todo, duplicate = [], None
 if specs:
     runs_now = store.list_runs()
-    todo = [s for s in specs if store.find_completed(s) is None]
-    secs, measured = ui.estimate_seconds(todo if sweep else specs, runs_now, online, ui.device_summary()["device"])
-    eta = ui.fmt_duration(secs) if secs is not None else "unknown (all examples of a Hub dataset)"
-    how = "from measured throughput of past runs" if measured else "a conservative guess: no finished run yet"
+    twins = [store.find_completed(s) for s in specs]
+    todo = [s for s, t in zip(specs, twins) if t is None]
+    duplicate = None if sweep or twins[0] is None else twins[0]
+    est = ui.estimate(todo if sweep else specs, runs_now, online, ui.device_summary()["device"])
+    eta = ui.fmt_duration(est.seconds) if est.seconds is not None else "unknown"
     if sweep:
         st.markdown(f"**{len(specs)} runs** in the grid, {len(specs) - len(todo)} already stored, "
-                    f"**{len(todo)} to run** · estimated duration **{eta}** ({how})")
+                    f"**{len(todo)} to run** · estimated duration **{eta}**")
     else:
-        st.markdown(f"Estimated duration **{eta}** ({how})"
-                    + (" · an identical run is already stored or queued" if not todo else ""))
+        st.markdown(f"Estimated duration **{eta}**")
+    st.caption(f"Start-up, training and evaluation included. {est.basis}")
 
-if st.session_state["tr_flash"]:
-    kind, text = st.session_state["tr_flash"]
-    (st.success if kind == "ok" else st.error)(text)
-    st.session_state["tr_flash"] = None
-
-if st.button("Enqueue", type="primary", key="tr_enqueue", icon=":material/play_arrow:",
-             disabled=not ui.can("train") or bool(form_error)):
-    try:
-        todo = [s for s in specs if store.find_completed(s) is None] if sweep else specs
-        if not todo:
-            raise ValueError("sweep: every run of this grid is already stored or queued")
-        for s in todo:
-            public.check_spec(s)
-        public.check_visitor_quota(store, owner)
-        if public.is_public() and len(todo) > public.LIMITS.jobs_per_visitor:
-            raise ValueError(f"sweep: at most {public.LIMITS.jobs_per_visitor} run(s) per visitor on this "
-                             "public instance")
-        from peftcompare.preflight import preflight_all  # model, method, files, columns: before any record
-
-        with st.spinner("Checking the model and the data ..."):
-            ui.import_stack()
-            preflight_all(todo)
-        ids = [jobs.enqueue(store, s, owner=owner) for s in todo]
-        jobs.ensure_worker(store)
-        st.session_state["tr_flash"] = ("ok", f"Enqueued {len(ids)} run(s): " + ", ".join(ids[:4])
-                                        + (" ..." if len(ids) > 4 else ""))
-        st.rerun()
-    except ValueError as exc:
-        st.error(str(exc).splitlines()[0], icon=":material/error:")
+enqueue_slot = st.empty()  # filled last: the button waits for the model check
 
 
 # -- the queue --------------------------------------------------------------------------------------
+def _queue_message(kind: str, text: str) -> None:
+    """A message for the queue area. Callbacks must not draw (inside the queue's fragment Streamlit warns
+    that their elements land at the top of the app); the queue shows it for a while instead."""
+    st.session_state["tr_queue_msg"] = (kind, text, time.time() + 20)
+
+
 def _cancel(run_id: str) -> None:
     ok = store.request_cancel(run_id)
-    st.toast(f"Cancel requested for {run_id}" if ok else f"{run_id} is no longer queued or running")
+    _queue_message("ok" if ok else "info", f"Cancel requested for {run_id}." if ok else
+                   f"{run_id} is no longer queued or running.")
 
 
 def _retry(run_id: str) -> None:
-    run = store.get(run_id)
     try:
-        public.check_spec(run["spec"])
-        public.check_visitor_quota(store, owner)
-        new = jobs.retry(store, run_id, owner=owner)
-        jobs.ensure_worker(store)
-        st.toast(f"Retrying as {new}")
+        ui.import_stack()  # the preflight loads the data
+        out = jobs.retry(store, run_id, owner=owner)
     except ValueError as exc:
-        st.toast(str(exc).splitlines()[0], icon=":material/error:")
+        _queue_message("error", ui.user_message(exc))
+        return
+    if out.run_ids:
+        jobs.ensure_worker(store)
+        _queue_message("ok", f"Queued again as {out.run_ids[0]}.")
+    else:
+        _, twin = out.skipped[0]
+        state = "already completed" if twin["status"] == "completed" else f"already {twin['status']}"
+        _queue_message("info", f"Not queued: an identical run is {state} ({twin['run_id']}). Change the seed "
+                               "or a setting on the form to train another one.")
+    # The whole page reruns, not only the queue: the queue's refresh interval is chosen by a full run
+    # (none while nothing is active), so a fragment-only rerun left the new run "queued" on screen forever.
+    st.rerun()
 
 
 def _mine(run: dict) -> bool:
     return not public.is_public() or run.get("owner") == owner
 
 
-def _active_run(run: dict) -> None:
+def _active_run(run: dict, runs: list[dict]) -> None:
     with st.container(border=True):
         st.markdown(f"**{ui.run_label(run)}** · `{run['run_id']}` · :blue[{run['status']}]")
         if run["status"] == "queued":
-            st.caption("Waiting for the run before it to finish.")
+            first = next((r for r in runs if r["status"] in ACTIVE), None)
+            st.caption("Queued: the worker is starting it ..." if first is run else
+                       "Queued: waiting for the run before it to finish.")
         else:
             total = run.get("total_steps") or 0
             st.progress(min(1.0, float(run.get("progress") or 0.0)),
@@ -252,7 +263,10 @@ def _active_run(run: dict) -> None:
             c1, c2, c3 = st.columns(3)
             loss = run.get("current_loss")
             c1.metric("Current loss", f"{loss:.4f}" if loss is not None else "—")
-            c2.metric("ETA", ui.fmt_duration(run.get("eta_s")) if run.get("eta_s") is not None else "—")
+            eta = ui.live_eta(run, runs, online)
+            c2.metric("ETA", ui.fmt_duration(eta) if eta is not None else "—",
+                      help="The training steps left at this run's pace, plus the evaluation passes still to "
+                           "come and saving the adapter.")
             c3.metric("Trainable params", ui.fmt_int(run.get("trainable_params")))
             steps = store.steps(run["run_id"])
             if steps:
@@ -269,17 +283,21 @@ def _active_run(run: dict) -> None:
 def queue_view() -> None:
     runs = store.list_runs()
     active = [r for r in runs if r["status"] in ACTIVE]
-    if st.session_state["tr_was_active"] and not active:
-        st.session_state["tr_was_active"] = False
-        st.rerun()  # a full rerun stops the auto-refresh and updates the counts
-    st.session_state["tr_was_active"] = bool(active)
+    if bool(active) != st.session_state["tr_queue_live"]:
+        # the refresh interval belongs to the last full run: a run that started or ended since (retry, cancel,
+        # the last run finishing, a run queued elsewhere) needs a full rerun to start or stop the refresh
+        st.session_state["tr_queue_live"] = bool(active)
+        st.rerun()
+    msg = st.session_state["tr_queue_msg"]
+    if msg and time.time() < msg[2]:
+        {"ok": st.success, "info": st.info}.get(msg[0], st.error)(msg[1])
     if not runs:
         st.caption("No runs yet. Configure one above and press **Enqueue**.")
         return
     if not active:
         st.caption("Nothing is running or waiting.")
     for run in active:
-        _active_run(run)
+        _active_run(run, runs)
     finished = [r for r in reversed(runs) if r["status"] not in ACTIVE][:8]
     if finished:
         st.markdown("**Recent**")
@@ -289,7 +307,8 @@ def queue_view() -> None:
         colour = {"completed": "green", "failed": "red", "cancelled": "orange", "interrupted": "orange"}
         text = (f":{colour.get(run['status'], 'gray')}[{run['status']}] **{ui.run_label(run)}**"
                 + (f" · {metric} {value:.4f}" if value is not None else "")
-                + (f" · {run['error']}" if run.get("error") and run["status"] != "completed" else ""))
+                + (f" · {ui.user_message(run['error'])}" if run.get("error") and run["status"] != "completed"
+                   else ""))
         c1, c2 = st.columns([6, 1])
         c1.markdown(text)
         if run["status"] in ("failed", "cancelled", "interrupted") and _mine(run) and ui.can("train"):
@@ -301,37 +320,94 @@ st.subheader("Queue")
 _active_now = store.list_runs(status=ACTIVE)
 if any(r["status"] == "queued" for r in _active_now) and not jobs.worker_running(store) and ui.can("train"):
     jobs.ensure_worker(store)  # the worker exits when idle or died: queued runs must not wait forever
+st.session_state["tr_queue_live"] = bool(_active_now)
 st.fragment(run_every=2.0 if _active_now else None)(queue_view)()
 
-# -- last: the parameter count (it may import torch the first time, so it must not hold up the page) ----
+# -- last: the model check and the parameter count (they may import torch the first time, so they must not hold
+# up the rest of the page), then the Enqueue button, which stays off while the model cannot be used ------------
+model_problem = None
 if specs:
     with param_slot.container():
-        unique = list({(s.model_name, s.method, s.capacity): s for s in specs
-                       if methods.get_method(s.method).trains}.values())[:12]
-        rows, problem = [], None
-        with st.spinner("Counting trainable parameters ..."):
-            for s in unique:
+        checked = list({(s.model_name, s.method, s.capacity): s for s in specs}.values())[:12]
+        rows = []
+        with st.spinner("Checking the model and counting trainable parameters ..."):
+            for s in checked:
                 try:
+                    preflight.check_model(s.resolved())  # the queue's own model check, cached
+                    if not methods.get_method(s.method).trains:
+                        continue
                     trainable, total = ui.count_params(s.to_json())
                 except ValueError as exc:
-                    problem = str(exc).splitlines()[0]
+                    model_problem = ui.user_message(exc)
                     break
                 rows.append({"method": methods.get_method(s.method).title,
                              "capacity": s.capacity if methods.get_method(s.method).capacity_name else None,
-                             "trainable": trainable, "total": total, "% trainable": 100 * trainable / total})
-        if problem:
-            st.warning(problem, icon=":material/warning:")
+                             "trainable": trainable, "total": total, "% trainable": 100 * trainable / total,
+                             "_warning": ui.efficiency_warning(trainable, total, s.method, s.capacity)})
+        if model_problem:
+            st.warning(model_problem, icon=":material/warning:")
         elif len(rows) == 1:
             r = rows[0]
-            st.metric("Trainable parameters", f"{r['trainable']:,}",
-                      help="Counted by building the model and applying the method, like "
-                           "`python -m peftcompare params`.")
-            st.caption(f"{r['% trainable']:.3f}% of {r['total']:,} parameters of {specs[0].model_name}")
+            c1, c2 = st.columns([1, 2], vertical_alignment="center")
+            c1.metric("Trainable parameters", f"{r['trainable']:,}",
+                      help="Counted by building the model (its shapes, no weights) and applying the method.")
+            c1.caption(f"{r['% trainable']:.3f}% of {r['total']:,} parameters of {specs[0].model_name}")
+            if r["_warning"]:
+                c2.warning(r["_warning"], icon=":material/warning:")
         elif rows:
             st.markdown("**Trainable parameters**")
-            st.dataframe(pd.DataFrame(rows), hide_index=True, width="content",
+            st.dataframe(pd.DataFrame(rows).drop(columns="_warning"), hide_index=True, width="content",
                          column_config={"trainable": st.column_config.NumberColumn(format="localized"),
                                         "total": st.column_config.NumberColumn(format="localized"),
                                         "% trainable": st.column_config.NumberColumn(format="%.3f")})
+            heavy = [r["_warning"] for r in rows if r["_warning"]]
+            if heavy:
+                st.warning("  \n".join(heavy), icon=":material/warning:")
         elif specs[0].method == "zero_shot":
             st.caption("Zero-shot trains nothing: it evaluates the untouched model.")
+
+
+def enqueue_reason() -> str | None:
+    """Why Enqueue is off, in the user's words; None when it is on."""
+    if not ui.can("train"):
+        return "training is turned off on this public instance"
+    if form_error:
+        return "fix the setting above first"
+    if model_problem:
+        return "the model cannot be used (see above)"
+    if specs and not todo:
+        if duplicate is not None:
+            return (f"an identical run is already {duplicate['status']} ({duplicate['run_id']}); change the seed "
+                    "or a setting to train another one")
+        return "every run of this grid is already stored or queued"
+    return None
+
+
+with enqueue_slot.container():
+    if st.session_state["tr_flash"]:
+        kind, text = st.session_state["tr_flash"]
+        {"ok": st.success, "info": st.info}.get(kind, st.error)(text)
+        st.session_state["tr_flash"] = None
+    reason = enqueue_reason()
+    clicked = st.button("Enqueue", type="primary", key="tr_enqueue", icon=":material/play_arrow:",
+                        disabled=reason is not None or not specs)
+    if reason:
+        st.caption(f"Enqueue is off: {reason}.")
+    if clicked:
+        try:
+            with st.spinner("Checking the model and the data ..."):
+                ui.import_stack()
+                out = jobs.submit(store, specs, owner=owner)  # limits, duplicates, quota, preflight: once
+        except ValueError as exc:
+            st.error(ui.user_message(exc), icon=":material/error:")
+        else:
+            if out.run_ids:
+                jobs.ensure_worker(store)
+                ids = out.run_ids
+                st.session_state["tr_flash"] = (
+                    "ok", f"Enqueued {len(ids)} run(s): " + ", ".join(ids[:4]) + (" ..." if len(ids) > 4 else "")
+                    + (f" ({len(out.skipped)} already stored or queued, not queued again)" if out.skipped else ""))
+            else:
+                st.session_state["tr_flash"] = ("info", "Nothing was queued: identical runs are already stored "
+                                                        "or queued.")
+            st.rerun()

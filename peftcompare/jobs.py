@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import preflight, procs
@@ -33,6 +34,8 @@ def reconcile(store: Store) -> list[str]:
 
 
 def enqueue(store: Store, spec: RunSpec, owner: str | None = None) -> str:
+    """Queue one spec as it is (a duplicate too). The app's pages and retry use `submit`, which also
+    skips what the store already holds and preflights the data."""
     from . import public
 
     # enforced here, not only in the page, so no caller can queue past the public limits
@@ -40,9 +43,64 @@ def enqueue(store: Store, spec: RunSpec, owner: str | None = None) -> str:
     public.check_visitor_quota(store, owner)
     # a spec that can never run is refused here, before it has a record (callers check its data files)
     preflight.check_model(spec.resolved())
+    return _queue(store, spec, owner)
+
+
+def _queue(store: Store, spec: RunSpec, owner: str | None) -> str:
     run_id = store.create_run(spec, status="queued", owner=owner)
     store.spec_path(run_id).write_text(spec.resolved().to_json())
     return run_id
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """What `submit` did: the queued run ids (in order) and the specs it skipped, each with the run that
+    already holds it (completed, queued or running)."""
+    run_ids: list[str] = field(default_factory=list)
+    skipped: list[tuple[RunSpec, dict]] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return len(self.run_ids) + len(self.skipped)
+
+
+def submit(store: Store, specs: list[RunSpec], owner: str | None = None) -> Submitted:
+    """Queue `specs` with the whole enqueue policy checked once, before any record is written:
+
+    1. the public instance's limits on every spec (model, sizes, methods, files);
+    2. duplicates: a spec with a completed, queued or running twin in the store is skipped and reported,
+       never queued again (nor twice within `specs`);
+    3. the queue quota for what is left (public mode: the visitor's jobs and the whole queue);
+    4. preflight of what is left (model, method vs model, data files and their columns), each data
+       source once.
+
+    Any refusal raises ValueError (one line) and queues nothing: a grid is queued whole or not at all.
+    Page, retry and presets call this; the worker must be started by the caller (`ensure_worker`)."""
+    from . import public
+
+    specs = [s.resolved() for s in specs]
+    for s in specs:
+        public.check_spec(s)
+    todo, skipped, seen = [], [], set()
+    for s in specs:
+        if s.spec_hash() in seen:
+            continue
+        seen.add(s.spec_hash())
+        twin = store.find_completed(s)
+        if twin is None:
+            todo.append(s)
+        else:
+            skipped.append((s, twin))
+    if not todo:
+        return Submitted([], skipped)
+    public.check_visitor_quota(store, owner)
+    if public.is_public():
+        mine = len(store.list_runs(status=("queued", "running"), owner=owner))
+        if mine + len(todo) > public.LIMITS.jobs_per_visitor:
+            raise ValueError(f"{len(todo)} runs exceed this public instance's limit of "
+                             f"{public.LIMITS.jobs_per_visitor} queued run(s) per visitor")
+    preflight.preflight_all(todo)
+    return Submitted([_queue(store, s, owner) for s in todo], skipped)
 
 
 def child_command(store: Store, run_id: str) -> list[str]:
@@ -144,8 +202,12 @@ def _kill(proc: subprocess.Popen) -> None:
             pass
 
 
-def retry(store: Store, run_id: str, owner: str | None = None) -> str:
+def retry(store: Store, run_id: str, owner: str | None = None) -> Submitted:
+    """Queue a finished run's spec again, under `submit`'s policy: when an identical run has completed
+    (or is queued or running) meanwhile, nothing is queued and `skipped` names that run."""
     run = store.get(run_id)
     if run is None:
         raise ValueError(f"run_id: no run {run_id}")
-    return enqueue(store, run["spec"], owner=owner or run.get("owner"))
+    if run["status"] in ("queued", "running"):
+        raise ValueError(f"run {run_id} is still {run['status']}")
+    return submit(store, [run["spec"]], owner=owner or run.get("owner"))
