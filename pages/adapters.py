@@ -16,7 +16,7 @@ SORTS = {"newest first": ("created_at", False), "oldest first": ("created_at", T
 # -- session state, one block ---------------------------------------------------------------------------
 for _k, _v in {"ad_tasks": [], "ad_methods": [], "ad_status": [], "ad_search": "", "ad_sort": "newest first",
                "ad_selected": [], "ad_detail": None, "ad_confirm_delete": None, "ad_flash": None,
-               "ad_import_overwrite": False}.items():
+               "ad_import_overwrite": False, "ad_import_conflict": None}.items():
     st.session_state.setdefault(_k, _v)
 
 st.title("Adapters")
@@ -56,15 +56,27 @@ def import_box() -> None:
                    "records, weights) before anything reaches the store.")
         up = st.file_uploader("Bundle zip", type=["zip"], key="ad_import_file")
         st.checkbox("Replace runs that already exist", key="ad_import_overwrite")
-        if st.button("Import", key="ad_import", disabled=up is None, icon=":material/upload:"):
+
+        def do_import(overwrite: bool) -> None:
             try:
                 with st.spinner("Checking the bundle ..."):
-                    ids = ui.import_bundle_bytes(store, up.getvalue(), st.session_state["ad_import_overwrite"])
-                st.session_state["ad_flash"] = ("ok", f"Imported {len(ids)} run(s): " + ", ".join(ids[:4])
-                                                + (" ..." if len(ids) > 4 else ""))
+                    ids = ui.import_bundle_bytes(store, up.getvalue(), overwrite, filename=up.name)
+                st.session_state["ad_flash"] = ("ok", f"Imported {len(ids)} run(s) from {up.name}: "
+                                                + ", ".join(ids[:4]) + (" ..." if len(ids) > 4 else ""))
+                st.session_state["ad_import_conflict"] = None
                 st.rerun()
             except ValueError as exc:
-                st.error(str(exc).splitlines()[0], icon=":material/error:")
+                exists = "already exists in this store" in str(exc)
+                st.session_state["ad_import_conflict"] = up.file_id if exists and not overwrite else None
+                st.error(ui.user_message(exc) + (": replace it, or keep the stored one." if exists else ""),
+                         icon=":material/error:")
+
+        if st.button("Import", key="ad_import", disabled=up is None, icon=":material/upload:"):
+            do_import(st.session_state["ad_import_overwrite"])
+        if up is not None and st.session_state.get("ad_import_conflict") == up.file_id:
+            if st.button("Replace the stored runs with the bundle's", key="ad_import_replace",
+                         icon=":material/sync:", help="Import again, replacing the runs this store already has."):
+                do_import(True)
 
 
 if not runs:
@@ -94,19 +106,25 @@ by, asc = SORTS[st.session_state["ad_sort"]]
 view = view.sort_values(by, ascending=asc, na_position="last")
 
 shown = view.assign(date=pd.to_datetime(view["created_at"], unit="s"), capacity=view["capacity"].astype("Int64"),
-                    size=view["size_bytes"].map(ui.fmt_bytes))
+                    size=view["size_bytes"].map(lambda n: ui.fmt_bytes(n) if n == n and n is not None else None),
+                    metric_name=view["metric_name"].map(lambda m: curves.METRIC_TITLES.get(m, m)))
 st.dataframe(
     shown[["method", "capacity", "seed", "task", "trainable_params", "trainable_pct", "metric_name", "metric",
            "size", "status", "date", "run_id"]],
-    hide_index=True, width="stretch", key="ad_table",
+    hide_index=True, width="stretch", key="ad_table", placeholder="—",
     column_config={
-        "run_id": st.column_config.TextColumn("run", width="medium"),
-        "trainable_params": st.column_config.NumberColumn("trainable params", format="localized"),
+        "method": st.column_config.TextColumn("Method"),
+        "capacity": st.column_config.NumberColumn("Capacity", format="%d"),
+        "seed": st.column_config.NumberColumn("Seed", format="%d"),
+        "task": st.column_config.TextColumn("Task"),
+        "run_id": st.column_config.TextColumn("Run", width="medium"),
+        "trainable_params": st.column_config.NumberColumn("Trainable params", format="localized"),
         "trainable_pct": st.column_config.NumberColumn("% of total", format="%.3f%%"),
-        "metric_name": st.column_config.TextColumn("metric"),
-        "metric": st.column_config.NumberColumn("value", format="%.4f"),
-        "size": st.column_config.TextColumn("on disk"),
-        "date": st.column_config.DatetimeColumn("date", format="YYYY-MM-DD HH:mm"),
+        "metric_name": st.column_config.TextColumn("Metric"),
+        "metric": st.column_config.NumberColumn("Value", format="%.4f"),
+        "size": st.column_config.TextColumn("On disk"),
+        "status": st.column_config.TextColumn("Status"),
+        "date": st.column_config.DatetimeColumn("Date", format="YYYY-MM-DD HH:mm"),
     })
 st.caption(f"{len(view)} of {len(df)} runs. Click a column header to sort by it.")
 
@@ -147,23 +165,37 @@ spec = run["spec"]
 adir = store.adapter_path(run["run_id"])
 metric = ui.primary_metric(run["task"])
 
-c1, c2, c3, c4 = st.columns(4)
+c1, c2, c3, c3e, c4 = st.columns(5)
 c1.metric(curves.METRIC_TITLES.get(metric, metric), f"{(run.get('metrics') or {}).get(metric, float('nan')):.4f}"
           if (run.get("metrics") or {}).get(metric) is not None else "—")
 c2.metric("Trainable params", ui.fmt_int(run.get("trainable_params")),
           help=f"of {ui.fmt_int(run.get('total_params'))}")
-c3.metric("Training time", ui.fmt_duration(run.get("train_runtime")))
+c3.metric("Training time", ui.fmt_duration(run.get("train_runtime")),
+          help="The training loop only, every epoch; start-up and evaluation are not in it.")
+c3e.metric("Evaluation time", ui.fmt_duration(run.get("eval_runtime")),
+           help="Every evaluation pass together (one after each epoch).")
 c4.metric("On disk", ui.fmt_bytes(ui.adapter_size(run)))
 if run.get("error"):
-    st.caption(f"**{run['status']}**: {run['error']}")
+    st.caption(f"**{run['status']}**: {ui.user_message(run['error'])}")
 m = methods.get_method(run["method"]) if run["method"] in methods.METHODS else None
-if m and m.note:
-    st.caption(m.note)
+if m and ui.method_note(m.name, run.get("model_name")):
+    st.caption(ui.method_note(m.name, run.get("model_name")))
+if run["status"] in ("failed", "cancelled", "interrupted"):
+    tail = ui.log_tail(store.log_path(run["run_id"]), lines=20)
+    if tail:
+        with st.expander("Log (last lines)"):
+            st.code(tail, language=None, wrap_lines=True)
 
 t_spec, t_cfg, t_epochs, t_loss, t_card = st.tabs(["Spec", "Adapter config", "Per-epoch metrics", "Loss curve",
                                                    "Model card"])
 with t_spec:
-    st.json(spec.to_dict() if spec else {}, expanded=True)
+    if spec:  # the settings that apply to this run's method, labelled as on the Train page
+        st.dataframe(pd.DataFrame(ui.spec_rows(spec)), hide_index=True, key="ad_spec", width="content",
+                     height="content",
+                     column_config={"setting": st.column_config.TextColumn("Setting"),
+                                    "value": st.column_config.TextColumn("Value")})
+    else:
+        st.caption("No spec recorded for this run.")
 with t_cfg:
     cfg = adir / "adapter_config.json"
     if cfg.is_file():
@@ -175,13 +207,18 @@ with t_cfg:
         st.caption("No saved adapter for this run.")
 with t_epochs:
     if run.get("epochs"):
-        st.dataframe(pd.DataFrame(run["epochs"]), hide_index=True, width="stretch")
+        ep = pd.DataFrame(run["epochs"])
+        st.dataframe(ep, hide_index=True, width="stretch", placeholder="—", key="ad_epochs",
+                     column_config={c: st.column_config.NumberColumn(
+                         curves.METRIC_TITLES.get(c, c.replace("_", " ").capitalize()),
+                         format="%d" if c in ("epoch", "eval_samples") else "%.4f") for c in ep.columns})
     else:
         st.caption("No per-epoch metrics.")
 with t_loss:
     steps = store.steps(run["run_id"])
-    if steps:
-        st.altair_chart(curves.loss_chart(pd.DataFrame(steps), {run["run_id"]: labels[run["run_id"]]}),
+    if steps:  # in the method's colour, as on the Curves page
+        st.altair_chart(curves.loss_overlay(pd.DataFrame(steps), {run["run_id"]: run["method"]},
+                                            {run["run_id"]: labels[run["run_id"]]}, height=260),
                         width="stretch")
     else:
         st.caption("No training steps recorded (zero-shot, imported or not started).")
@@ -199,11 +236,17 @@ with t_card:
         st.caption("No model card.")
 
 c1, c2, _ = st.columns([1, 1, 3])
-if run["status"] not in ("queued", "running"):
+# something to download: a completed run's adapter (or a zero-shot record, which has none by nature)
+if run["status"] == "completed" and (adir.is_dir() or not (m and m.trains)):
     c1.download_button("Download zip", data=lambda: ui.bundle_bytes(store, [run["run_id"]]),
                        file_name=f"{run['run_id']}.zip", mime="application/zip", key="ad_download",
                        icon=":material/download:", on_click="ignore",
                        help="This run's record, loss steps and adapter as a bundle zip.")
+elif run["status"] not in ("queued", "running"):
+    c1.caption({"failed": "Nothing to download: the run failed before it saved an adapter.",
+                "cancelled": "Nothing to download: the run was cancelled before it saved an adapter.",
+                "interrupted": "Nothing to download: the run was interrupted before it saved an adapter."}
+               .get(run["status"], "Nothing to download: the adapter files are missing."))
 if ui.can("delete"):
     if c2.button("Delete", key="ad_delete", icon=":material/delete:", disabled=run["status"] in ("queued", "running"),
                  help="Cancel a queued or running run on the Train page first."):
@@ -216,7 +259,7 @@ if ui.can("delete"):
                 store.delete(run["run_id"])
                 st.session_state["ad_flash"] = ("ok", f"Deleted {run['run_id']}")
             except ValueError as exc:
-                st.session_state["ad_flash"] = ("error", str(exc).splitlines()[0])
+                st.session_state["ad_flash"] = ("error", ui.user_message(exc))
             st.session_state["ad_confirm_delete"] = None
             st.rerun()
         if d2.button("Keep it", key="ad_delete_no"):

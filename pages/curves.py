@@ -3,15 +3,19 @@ per method with the spread over seeds, reference rules, the Pareto front; loss c
 import pandas as pd
 import streamlit as st
 
-from peftcompare import analysis, curves, methods, tasks, ui
+from peftcompare import analysis, curves, jobs, methods, tasks, ui
 
 store = ui.store()
 X_OPTIONS = list(curves.X_FIELDS)
 SPREADS = {"std": "mean ± std over seeds", "minmax": "min – max over seeds"}
+ACTIVE = ("queued", "running")
 
-# -- session state, one block ---------------------------------------------------------------------------
+# -- session state, one block (widget values persist when the page is left: ui.persist) -----------------
 for _k, _v in {"cv_task": "classification", "cv_metric": None, "cv_x": "trainable_params", "cv_spread": "std",
-               "cv_model": None, "cv_dataset": None, "cv_loss_runs": None}.items():
+               "cv_model": None, "cv_dataset": None, "cv_loss_runs": None, "cv_loss_smooth": True,
+               "cv_loss_log": True}.items():
+    ui.persist(_k, _v)
+for _k, _v in {"cv_loss_options": [], "cv_flash": None}.items():
     st.session_state.setdefault(_k, _v)
 if st.session_state["cv_metric"] not in tasks.get_task(st.session_state["cv_task"]).metrics:
     st.session_state["cv_metric"] = tasks.get_task(st.session_state["cv_task"]).metric
@@ -44,10 +48,18 @@ if st.session_state["cv_dataset"] not in datasets:
 c1.selectbox("Base model", model_names, key="cv_model")
 c2.selectbox("Dataset", datasets, key="cv_dataset")
 sel = df[(df["model_name"] == st.session_state["cv_model"]) & (df["dataset"] == st.session_state["cv_dataset"])]
+sel_runs = [r for r in store.list_runs(task=task.name) if r.get("spec") is not None
+            and r["model_name"] == st.session_state["cv_model"] and r["spec"].dataset == st.session_state["cv_dataset"]]
+
+if st.session_state["cv_flash"]:
+    kind, text = st.session_state["cv_flash"]
+    (st.success if kind == "ok" else st.error)(text)
+    st.session_state["cv_flash"] = None
 
 agg = analysis.aggregate(sel, metric)
 curve_agg, refs = curves.split_references(agg)
-pareto = analysis.pareto_front(curve_agg) if len(curve_agg) else pd.Series(dtype=bool)
+# every point is a point of the front, zero-shot (0 trainable parameters) and full fine-tuning included
+pareto = analysis.pareto_front(agg)
 agg = agg.assign(pareto=pareto.reindex(agg.index).fillna(False).astype(bool))
 title = f"{task.name} · {st.session_state['cv_dataset']} · {st.session_state['cv_model']}"
 chart = curves.efficiency_chart(agg, metric, x, st.session_state["cv_spread"], pareto, title=title)
@@ -58,28 +70,97 @@ if len(curve_agg):
     if x == "capacity" and missing:
         st.caption(f"Without a capacity knob, not on this axis: {', '.join(missing)} "
                    "(switch the x axis to trainable parameters to see them).")
-    st.caption("Ringed points joined by the dotted line form the Pareto front: no other point has fewer "
-               "trainable parameters and a better score. Dashed horizontal lines are references.")
+    st.caption("Ringed points joined by the dotted line form the Pareto front: no other point, zero-shot and "
+               "full fine-tuning included, has as few or fewer trainable parameters and as high or higher a "
+               "score. Dashed horizontal lines are the references.")
+    beaten_by = [r for r in refs.itertuples() if agg.loc[r.Index, "pareto"]]
+    if not agg.loc[curve_agg.index, "pareto"].any() and beaten_by:
+        best = max(beaten_by, key=lambda r: r.mean)
+        st.info(f"No adapter is on the Pareto front yet: {methods.get_method(best.method).title} scores "
+                f"{best.mean:.4f} with {ui.fmt_int(best.trainable_params)} trainable parameters, as well as or "
+                "better than every adapter trained so far.", icon=":material/info:")
 else:
     st.info("Only reference runs (zero-shot or full fine-tuning) so far: train an adapter to draw a curve.")
 if len(refs):
     st.caption(" · ".join(f"{methods.get_method(r.method).title}: {r.mean:.4f}" for r in refs.itertuples()))
 
+# -- the zero-shot baseline: one click where the runs have none ----------------------------------------------
+zs_spec = curves.missing_zero_shot(sel_runs)
+if zs_spec is not None:
+    with st.container(border=True):
+        n_eval = f"the same {zs_spec.eval_samples}" if zs_spec.eval_samples else "all the"
+        st.markdown(f"**No zero-shot baseline for these runs.** The untouched `{zs_spec.model_name}` on {n_eval} "
+                    f"{zs_spec.dataset} evaluation examples is the reference every adapter has to beat, and a "
+                    "point of the Pareto front.")
+        if st.button("Add the zero-shot baseline", key="cv_add_zero_shot", type="primary",
+                     icon=":material/add:", disabled=not ui.can("train"),
+                     help="Queues one evaluation run (nothing trains); the worker runs it in seconds."):
+            try:
+                with st.spinner("Queueing the zero-shot run ..."):
+                    ui.import_stack()
+                    new_id = jobs.enqueue(store, zs_spec, owner=ui.visitor_id())
+                    jobs.ensure_worker(store)
+                st.session_state["cv_flash"] = ("ok", "Zero-shot baseline queued: its line appears here when it "
+                                                      "has run.")
+            except ValueError as exc:
+                st.session_state["cv_flash"] = ("error", ui.user_message(exc))
+            st.rerun()
+        if not ui.can("train"):
+            st.caption("Training and evaluation runs are turned off on this public instance.")
+
+
+def follow_queue() -> None:
+    """While runs of this selection are queued or running, check every few seconds; redraw the page (its
+    chart and table) once they have finished, which also stops the checking."""
+    active = [r for r in store.list_runs(status=ACTIVE, task=task.name)
+              if r["run_id"] in {s["run_id"] for s in sel_runs}]
+    if not active:
+        st.rerun()
+    st.caption(f"{len(active)} run(s) of this selection are queued or running: the chart updates when they "
+               "have finished.")
+
+
+if any(r["status"] in ACTIVE for r in sel_runs):
+    st.fragment(run_every=2.0)(follow_queue)()
+
 # -- training-loss curves -------------------------------------------------------------------------------
 st.subheader("Training loss")
 trained = sel[(sel["status"] == "completed") & sel["method"].map(
     lambda m: m in methods.METHODS and methods.get_method(m).trains)].sort_values("created_at")
-labels = {r["run_id"]: ui.run_label(r) for r in store.list_runs(task=task.name)}
+def short_label(run: dict) -> str:  # task, model and dataset are the page's selection: not repeated per run
+    m = methods.METHODS.get(run["method"])
+    cap = f" {run['capacity']}" if m and m.capacity_name else ""
+    return f"{m.title if m else run['method']}{cap} · seed {run['seed']} · {run['run_id'][-6:]}"
+
+
+labels = {r["run_id"]: short_label(r) for r in sel_runs}
 options = list(trained["run_id"])
-if st.session_state["cv_loss_runs"] is None:
-    st.session_state["cv_loss_runs"] = options[-3:]
-st.session_state["cv_loss_runs"] = [r for r in st.session_state["cv_loss_runs"] if r in options]
-st.multiselect("Runs", options, key="cv_loss_runs", format_func=lambda r: labels.get(r, r))
+chosen = st.session_state["cv_loss_runs"]
+# every completed run by default; a selection the user has not narrowed follows new runs as they complete
+if chosen is None or set(chosen) >= set(st.session_state["cv_loss_options"]):
+    chosen = options
+st.session_state["cv_loss_runs"] = [r for r in chosen if r in options]
+st.session_state["cv_loss_options"] = options
+st.multiselect("Runs", options, key="cv_loss_runs", format_func=lambda r: labels.get(r, r),
+               placeholder="all runs are shown by default")
+c2, c3, _ = st.columns([1, 1, 4])
+c2.toggle("Smooth", key="cv_loss_smooth", help="A moving average over about 5% of each run's steps; the raw "
+          "steps stay faint behind it.")
+c3.toggle("Log scale", key="cv_loss_log", help="Loss on a logarithmic axis, so the small late losses are not "
+          "flattened against the first steps.")
 steps = store.steps(st.session_state["cv_loss_runs"])
 if steps:
-    st.altair_chart(curves.loss_chart(pd.DataFrame(steps), labels), width="stretch", key="cv_loss_chart")
-else:
+    run_methods = dict(zip(trained["run_id"], trained["method"]))
+    st.altair_chart(curves.loss_overlay(pd.DataFrame(steps), run_methods, labels,
+                                        smooth=st.session_state["cv_loss_smooth"],
+                                        log_y=st.session_state["cv_loss_log"]),
+                    width="stretch", key="cv_loss_chart")
+    st.caption("One line per run in its method's colour; click a method in the legend to pick it out, hover "
+               "a line for the run.")
+elif options:
     st.caption("Choose runs to overlay their training loss.")
+else:
+    st.caption("No trained run here yet (zero-shot trains nothing).")
 
 # -- the table and downloads -----------------------------------------------------------------------------
 st.subheader("Table")
@@ -87,15 +168,19 @@ table = agg.assign(method=agg["method"].map(lambda m: methods.get_method(m).titl
                    capacity=agg["capacity"].where(agg["method"].map(
                        lambda m: methods.get_method(m).capacity_name is not None)).astype("Int64"))
 st.dataframe(table[["method", "capacity", "trainable_params", "mean", "std", "min", "max", "n", "pareto",
-                    "run_ids"]], hide_index=True, width="stretch", key="cv_table",
-             column_config={"trainable_params": st.column_config.NumberColumn("trainable params",
+                    "run_ids"]], hide_index=True, width="stretch", key="cv_table", placeholder="—",
+             column_config={"method": st.column_config.TextColumn("Method"),
+                            "capacity": st.column_config.NumberColumn("Capacity", format="%d"),
+                            "trainable_params": st.column_config.NumberColumn("Trainable params",
                                                                               format="localized"),
                             "mean": st.column_config.NumberColumn(curves.METRIC_TITLES.get(metric, metric),
-                                                                  format="%.4f"),
-                            "std": st.column_config.NumberColumn(format="%.4f"),
-                            "min": st.column_config.NumberColumn(format="%.4f"),
-                            "max": st.column_config.NumberColumn(format="%.4f"),
-                            "n": st.column_config.NumberColumn("seeds")})
+                                                                  format="%.4f", help="Mean over seeds"),
+                            "std": st.column_config.NumberColumn("Std", format="%.4f"),
+                            "min": st.column_config.NumberColumn("Min", format="%.4f"),
+                            "max": st.column_config.NumberColumn("Max", format="%.4f"),
+                            "n": st.column_config.NumberColumn("Seeds"),
+                            "pareto": st.column_config.CheckboxColumn("Pareto front"),
+                            "run_ids": st.column_config.TextColumn("Runs")})
 stem = f"curve_{task.name}_{metric}_{x}"
 c1, c2, c3, c4 = st.columns(4)
 c1.download_button("Aggregated CSV", data=agg.to_csv(index=False), file_name=f"{stem}.csv", mime="text/csv",

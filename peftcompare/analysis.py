@@ -56,11 +56,31 @@ def aggregate(df: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def pareto_front(agg: pd.DataFrame, x: str = "trainable_params", y: str = "mean") -> pd.Series:
-    """True for points no other point beats with fewer (or equal) parameters and a higher score."""
+    """True for points no other point beats: a point is on the front only if no other point has as few
+    or fewer parameters and as high or higher a score (and is better in one of them).
+
+    Pass every point, the references included: zero-shot (0 trainable parameters) and full fine-tuning
+    are points of the front, so an adapter that zero-shot beats is not on it. A method that trains
+    nothing counts 0 parameters even where the record has none; a point without a score or a count is
+    neither on the front nor beats anything."""
+    from . import methods
+
+    if agg.empty:
+        return pd.Series(dtype=bool, index=agg.index)
+    xs = pd.to_numeric(agg[x], errors="coerce").astype(float)
+    if "method" in agg:
+        trains = agg["method"].map(lambda m: methods.METHODS[m].trains if m in methods.METHODS else True)
+        xs = xs.where(xs.notna() | trains.astype(bool), 0.0)
+    ys = pd.to_numeric(agg[y], errors="coerce").astype(float)
+    ok = xs.notna() & ys.notna()
     flags = []
-    for _, row in agg.iterrows():
-        dominated = ((agg[x] <= row[x]) & (agg[y] >= row[y]) & ((agg[x] < row[x]) | (agg[y] > row[y]))).any()
-        flags.append(not dominated)
+    for i in agg.index:
+        if not ok[i]:
+            flags.append(False)
+            continue
+        others = ok & (agg.index != i)
+        dominated = (others & (xs <= xs[i]) & (ys >= ys[i]) & ((xs < xs[i]) | (ys > ys[i]))).any()
+        flags.append(not bool(dominated))
     return pd.Series(flags, index=agg.index, dtype=bool)
 
 

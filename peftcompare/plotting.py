@@ -12,24 +12,41 @@ METRIC_LABELS = {"f1": "F1", "accuracy": "Accuracy", "rouge1": "ROUGE-1", "rouge
 
 
 def curve_png(df: pd.DataFrame, task: str, metric: str, path: Path, x: str = "capacity") -> Path:
+    fig = curve_figure(df, task, metric, x)  # selects the Agg backend before pyplot is imported
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def curve_figure(df: pd.DataFrame, task: str, metric: str, x: str = "capacity"):
+    """The matplotlib figure of curve_png; each method in its colour of the app (curves.METHOD_COLORS)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .curves import method_color
+
     agg = analysis.aggregate(df[df["task"] == task], metric) if not df.empty else analysis.aggregate(df, metric)
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     reference = agg["method"].isin([m for m, v in methods.METHODS.items() if v.reference_line])
     curves, refs = agg[~reference], agg[reference]
-    for i, (method, g) in enumerate(curves.groupby("method")):
+    for method, g in curves.groupby("method"):
         g = g.sort_values(x)
         title = methods.METHODS[method].title if method in methods.METHODS else method
         ax.plot(g[x], g["mean"], marker="o", label=f"{title} (n={int(g['n'].max())} seed"
-                f"{'s' if g['n'].max() > 1 else ''})", color=f"C{i}")
+                f"{'s' if g['n'].max() > 1 else ''})", color=method_color(method))
         if (g["n"] > 1).any():
-            ax.fill_between(g[x], g["min"], g["max"], alpha=0.2, color=f"C{i}")
-    for j, (_, r) in enumerate(refs.iterrows()):
-        ax.axhline(r["mean"], linestyle="--", color="gray" if r["method"] == "zero_shot" else "black",
+            ax.fill_between(g[x], g["min"], g["max"], alpha=0.2, color=method_color(method))
+    front = analysis.pareto_front(agg)  # zero-shot and full fine-tuning are points of the front too
+    ringed = curves[front.reindex(curves.index).fillna(False).astype(bool) & (curves[x].fillna(0) > 0)]
+    if len(ringed):
+        ax.scatter(ringed[x], ringed["mean"], s=160, facecolors="none", edgecolors="#111", linewidths=1.2,
+                   label="Pareto front", zorder=3)
+    for _, r in refs.iterrows():
+        ax.axhline(r["mean"], linestyle="--", color=method_color(r["method"]),
                    linewidth=1, label=f"{methods.METHODS[r['method']].title}: {r['mean']:.3f}")
     if len(curves):
         ax.set_xscale("log", base=2 if x == "capacity" else 10)
@@ -43,11 +60,10 @@ def curve_png(df: pd.DataFrame, task: str, metric: str, path: Path, x: str = "ca
     ax.set_xlabel("capacity (LoRA rank r / virtual tokens)" if x == "capacity" else "trainable parameters")
     ax.set_ylabel(METRIC_LABELS.get(metric, metric))
     models_used = ", ".join(sorted(agg["model_name"].dropna().unique())) or "-"
-    ax.set_title(f"{task}: {METRIC_LABELS.get(metric, metric)} vs capacity  ({models_used})", fontsize=10)
+    against = "capacity" if x == "capacity" else "trainable parameters"
+    ax.set_title(f"{task}: {METRIC_LABELS.get(metric, metric)} vs {against}  ({models_used})", fontsize=10)
     ax.grid(True, alpha=0.3)
     if len(agg):
         ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return fig
