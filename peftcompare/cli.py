@@ -197,17 +197,17 @@ def cmd_sweep(args) -> int:
     store = _store(args)
     todo = [s for s in specs if store.find_completed(s) is None]
     print(f"sweep: {len(specs)} runs in the grid, {len(specs) - len(todo)} already stored, {len(todo)} to run")
+    if args.enqueue:
+        queued = jobs.submit(store, todo).run_ids
+        if queued:
+            jobs.ensure_worker(store)
+            print(f"enqueued {len(queued)} runs; the worker processes them one at a time")
+        return 0
     failures = 0
     for i, spec in enumerate(todo, 1):
-        if args.enqueue:
-            jobs.enqueue(store, spec)
-            continue
         print(f"[{i}/{len(todo)}] {spec.task} {spec.label()}", flush=True)
         run_id = _create_running(store, spec.resolved())
         failures += train_mod.execute(spec, store, run_id, progress=_progress_bar(f"[{i}/{len(todo)}]")) != 0
-    if args.enqueue and todo:
-        jobs.ensure_worker(store)
-        print(f"enqueued {len(todo)} runs; the worker processes them one at a time")
     return 1 if failures else 0
 
 
@@ -227,8 +227,16 @@ def cmd_results(args) -> int:
         else:
             import pandas as pd
 
+            def cell(v, col) -> str:  # counts as integers, measurements to 4 decimals, nothing as a dash
+                if v is None or (isinstance(v, float) and v != v) or v is pd.NA:
+                    return "—"
+                if col in ("capacity", "seed", "trainable_params", "adapter_bytes") or isinstance(v, int):
+                    return str(int(v))
+                return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+            shown = pd.DataFrame({c: [cell(v, c) for v in df[c].astype(object)] for c in cols})
             with pd.option_context("display.max_rows", 500, "display.width", 220, "display.max_columns", 30):
-                print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+                print(shown.to_string(index=False))
     return 0
 
 
@@ -264,6 +272,40 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_disagreements(args) -> int:
+    from . import disagreements, infer
+
+    if args.csv and not Path(args.csv).expanduser().resolve().parent.is_dir():
+        raise UserError(f"csv: the folder of {args.csv} does not exist")
+    engine = infer.CompareEngine(_store(args), precision=args.precision)
+    bar = _answers_bar() if sys.stderr.isatty() else None
+    try:
+        result = disagreements.find(engine, args.run_ids, args.n, task=args.task, model_name=args.model_name,
+                                    progress=bar, use_cache=not args.no_cache)
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.csv:
+        Path(args.csv).expanduser().write_text(disagreements.to_csv(result), encoding="utf-8")
+    print(json.dumps(result, indent=1) if args.json else disagreements.report(result, top=args.top))
+    return 0
+
+
+def _answers_bar():
+    """progress(done, total) on a tqdm bar counting answers (examples x columns)."""
+    from tqdm.auto import tqdm
+
+    state = {}
+
+    def progress(done: int, total: int) -> None:
+        if "bar" not in state:
+            state["bar"] = tqdm(total=total, unit="answer", desc="disagreements", dynamic_ncols=True, leave=False)
+        state["bar"].update(done - state["bar"].n)
+
+    progress.close = lambda: state["bar"].close() if "bar" in state else None
+    return progress
+
+
 def cmd_worker(args) -> int:
     from . import jobs
 
@@ -273,12 +315,14 @@ def cmd_worker(args) -> int:
 def cmd_enqueue(args) -> int:
     from . import jobs
 
-    spec = preflight(_spec_from_args(args))
     store = _store(args)
-    run_id = jobs.enqueue(store, spec)
-    if not args.no_worker:
+    out = jobs.submit(store, [_spec_from_args(args)])  # the queue's one policy: limits, duplicates, preflight
+    for _, twin in out.skipped:
+        print(f"not queued: an identical run is already {twin['status']} ({twin['run_id']})", file=sys.stderr)
+    if out.run_ids and not args.no_worker:
         jobs.ensure_worker(store)
-    print(run_id)
+    for run_id in out.run_ids:
+        print(run_id)
     return 0
 
 
@@ -419,6 +463,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--task", default=None, help="Task of the zero-shot column (default: the adapters').")
     c.add_argument("--model_name", default=None, help="Base model (default: the adapters').")
     c.add_argument("--json", action="store_true")
+    dg = cmd("disagreements", cmd_disagreements, "Zero-shot and the given adapters over N validation examples: "
+             "each one's score and the examples where they disagree (cached in results/cache/).")
+    dg.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="Adapter run ids (one task, one base model).")
+    dg.add_argument("--n", type=int, default=200, help="Validation examples, the first N (default: 200, at "
+                    "most the set's size).")
+    dg.add_argument("--task", default=None, help="Task (default: the adapters').")
+    dg.add_argument("--model_name", default=None, help="Base model (default: the adapters').")
+    dg.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                    help="Inference precision (default: auto, as the app).")
+    dg.add_argument("--top", type=int, default=10, help="Disagreements to print (default: 10).")
+    dg.add_argument("--csv", default=None, help="Also write one row per example to this CSV file.")
+    dg.add_argument("--no_cache", action="store_true", help="Run the models even when a cached result exists.")
+    dg.add_argument("--json", action="store_true", help="Print the whole result as JSON.")
     w = cmd("worker", cmd_worker, "Process the run queue (the app starts this by itself).")
     w.add_argument("--idle_exit", type=float, default=30.0, help="Exit after this many idle seconds.")
     ca = cmd("cancel", cmd_cancel, "Cancel queued or running runs.")

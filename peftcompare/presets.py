@@ -122,20 +122,12 @@ def enqueue_preset(store, name: str, offline: bool = False, owner: str | None = 
                    quick: bool = False) -> dict:
     """Queue the preset's runs that are neither stored nor already queued. Raises ValueError (one line)
     when public mode forbids a run, before anything is queued."""
-    from . import jobs, preflight, public
+    from . import jobs
 
     specs = preset_specs(name, offline, quick)
-    for s in specs:
-        public.check_spec(s)
-    todo = [s for s in specs if store.find_completed(s) is None]  # completed, queued or running: skip
-    if public.is_public() and owner is not None and todo:
-        mine = len(store.list_runs(status=("queued", "running"), owner=owner))
-        if mine + len(todo) > public.LIMITS.jobs_per_visitor:
-            raise ValueError(f"preset: {len(todo)} runs exceed this public instance's limit of "
-                             f"{public.LIMITS.jobs_per_visitor} queued run(s) per visitor")
-    preflight.preflight_all(todo)  # all of it can run, or nothing is queued
-    run_ids = [jobs.enqueue(store, s, owner=owner) for s in todo]
-    return {"run_ids": run_ids, "skipped": len(specs) - len(todo), "total": len(specs)}
+    # the one enqueue policy (public limits, duplicates skipped, quota, preflight): all of it or nothing
+    out = jobs.submit(store, specs, owner=owner)
+    return {"run_ids": out.run_ids, "skipped": len(specs) - len(out.run_ids), "total": len(specs)}
 
 
 def preset_runs(store, name: str) -> list[dict]:
@@ -164,3 +156,69 @@ def epoch_frame(runs: list[dict]):
                          "metric_name": metric, "metric": e.get(metric)})
     return pd.DataFrame(rows, columns=["run_id", "model_name", "dataset", "method", "capacity", "label", "epoch",
                                        "train_loss", "metric_name", "metric"])
+
+
+# -- display helpers for the Presets page (plain data: the page adds the widgets) ---------------------------
+PROBLEM_STATUSES = ("failed", "cancelled", "interrupted")
+
+
+def method_rows(name: str) -> list[dict]:
+    """The preset's methods as table rows; None where a method has no capacity knob (shown as a dash)."""
+    rows = []
+    for method, caps in get_preset(name).methods:
+        m = methods.get_method(method)
+        rows.append({"method": m.title, "knob": m.capacity_name,
+                     "capacities": ", ".join(map(str, caps)) if caps else None,
+                     "learning_rate": (f"{METHOD_LR[method]:g}" if m.trains and method in METHOD_LR else None)})
+    return rows
+
+
+METHOD_ROW_LABELS = {"method": "Method", "knob": "Capacity knob", "capacities": "Capacities",
+                     "learning_rate": "Learning rate"}
+
+
+def run_groups(runs: list[dict]) -> dict[str, list[dict]]:
+    """The preset's runs by what the page says about them: active (queued or running), completed, and
+    problems: the latest failed, cancelled or interrupted run of each experiment that no completed or
+    active run has replaced (a retried run that succeeded is not a problem any more)."""
+    active = [r for r in runs if r["status"] in ("queued", "running")]
+    completed = [r for r in runs if r["status"] == "completed"]
+    settled = {r.get("spec_hash") for r in active + completed}
+    latest: dict[str, dict] = {}
+    for r in runs:
+        if r["status"] in PROBLEM_STATUSES and r.get("spec_hash") not in settled:
+            key = r.get("spec_hash") or r["run_id"]
+            if key not in latest or (r.get("created_at") or 0) >= (latest[key].get("created_at") or 0):
+                latest[key] = r
+    problems = sorted(latest.values(), key=lambda r: r.get("created_at") or 0)
+    return {"active": active, "completed": completed, "problems": problems}
+
+
+# method_table's columns as the page shows them: (label, number format); the rest are left out
+METHOD_TABLE_COLUMNS = {
+    "method": ("Method", None), "metric": ("{metric}", "%.4f"),
+    "vs_zero_shot": ("vs zero-shot", "%+.4f"), "vs_zero_shot_pct": ("vs zero-shot %", "%+.1f%%"),
+    "vs_full": ("vs full fine-tuning", "%+.4f"), "vs_full_pct": ("vs full fine-tuning %", "%+.1f%%"),
+    "trainable_params": ("Trainable params", "localized"), "param_reduction_x": ("Fewer params than full", "%.0f×"),
+    "train_seconds_per_epoch": ("Training s / epoch", "%.1f"), "peak_memory_mb": ("Peak memory MB", "%.0f"),
+    "runs": ("Seeds", "%d"),
+}
+
+
+def method_table_display(table, metric_title: str):
+    """analysis.method_table for people: methods by title with their capacity, only the columns above
+    (in that order, those present), labels in METHOD_TABLE_COLUMNS; missing values stay missing (the page
+    shows them as a dash)."""
+    t = table.copy()
+
+    def title(row) -> str:
+        m = methods.METHODS.get(row["method"])
+        if m is None:
+            return str(row["method"])
+        return m.title + (f" {int(row['capacity'])}" if m.capacity_name and row.get("capacity") == row.get("capacity")
+                          and row.get("capacity") else "")
+
+    t["method"] = t.apply(title, axis=1)
+    cols = [c for c in METHOD_TABLE_COLUMNS if c in t]
+    labels = {c: METHOD_TABLE_COLUMNS[c][0].format(metric=metric_title) for c in cols}
+    return t[cols], labels

@@ -6,14 +6,17 @@ modules are imported inside the functions that need them.
 """
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
+import re
 import statistics
 import sys
 import tempfile
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
@@ -23,10 +26,6 @@ from .spec import RunSpec
 from .store import Store, dir_bytes, resolve_home
 
 OFFLINE_MODEL = "builtin:tiny-t5"
-# samples/s assumed before a model has any completed run: deliberately slow so an ETA is not a promise
-DEFAULT_SPS = {"builtin:tiny-t5": 20.0}
-DEFAULT_SPS_CPU, DEFAULT_SPS_GPU = 3.0, 40.0
-DEFAULT_OVERHEAD_S = 15.0  # process start, model load and evaluation of one run
 UPLOAD_DIR = Path("results") / "uploads"
 REPO = Path(__file__).resolve().parents[1]
 PAGES = {  # page file -> (title, icon); app.py and st.page_link use the same table
@@ -219,9 +218,22 @@ def count_params(spec_json: str) -> tuple[int, int]:
 
 
 # -- sweeps and durations ---------------------------------------------------------------------------
-def grid_specs(base: RunSpec, method_names: list[str], capacities: list[int], seeds: list[int],
-               zero_shot: bool) -> list[RunSpec]:
-    """methods x capacities x seeds (methods without a capacity knob once per seed), like `sweep`."""
+def default_capacities(method: str, online: bool) -> tuple[int, ...]:
+    """The capacities a sweep proposes for `method` (its own input on the Train page).
+
+    Online: the method's reference grid (methods.METHODS[name].capacities). Offline the tiny model is
+    used, and this is where its offline defaults plug in; until they exist it is the reference grid too.
+    Methods without a capacity knob: ()."""
+    m = methods.get_method(method)
+    if m.capacity_name is None:
+        return ()
+    return tuple(m.capacities)
+
+
+def grid_specs(base: RunSpec, method_names: list[str], capacities: dict[str, list[int]] | list[int],
+               seeds: list[int], zero_shot: bool) -> list[RunSpec]:
+    """methods x their capacities x seeds (methods without a capacity knob once per seed), like `sweep`.
+    `capacities`: per method ({"lora": [4, 8], "prompt": [10]}), or one list for every method."""
     from .cli import sweep_specs
 
     if not seeds:
@@ -229,11 +241,20 @@ def grid_specs(base: RunSpec, method_names: list[str], capacities: list[int], se
     if not method_names and not zero_shot:
         raise ValueError("methods: choose at least one method")
     with_knob = [m for m in method_names if methods.get_method(m).capacity_name]
-    if with_knob and not capacities:
-        raise ValueError("capacities: give at least one capacity for " + ", ".join(with_knob))
-    caps = {m: capacities for m in with_knob}
-    specs = sweep_specs(base, method_names, capacities, capacities, seeds, capacities=caps,
-                        zero_shot=zero_shot)
+    per = capacities if isinstance(capacities, dict) else {m: list(capacities) for m in with_knob}
+    for name in with_knob:
+        m = methods.get_method(name)
+        caps = list(per.get(name) or [])
+        if not caps:
+            raise ValueError(f"capacities for {m.title}: give at least one {m.capacity_name}")
+        for c in caps:
+            if c <= 0:
+                raise ValueError(f"capacities for {m.title}: {m.capacity_name} must be at least 1, got {c}")
+            if c > m.max_capacity:
+                raise ValueError(f"capacities for {m.title}: {m.capacity_name} must be at most {m.max_capacity}, "
+                                 f"got {c}")
+    caps = {name: list(per[name]) for name in with_knob}
+    specs = sweep_specs(base, method_names, [], [], seeds, capacities=caps, zero_shot=zero_shot)
     return list({s.spec_hash(): s for s in specs}.values())
 
 
@@ -249,46 +270,209 @@ def parse_int_list(text: str, what: str) -> list[int]:
     return list(dict.fromkeys(out))
 
 
+# rows of the Hub splits the dataset presets name (what a run sees with 0 = all)
+HUB_SPLIT_ROWS = {("sst2", "train"): 67349, ("sst2", "validation"): 872, ("samsum", "train"): 14732,
+                  ("samsum", "validation"): 818, ("imdb", "train"): 25000, ("imdb", "test"): 25000,
+                  ("dialogsum", "train"): 12460, ("dialogsum", "validation"): 500,
+                  ("cnn_dailymail", "train"): 287113, ("cnn_dailymail", "validation"): 13368}
+
+
+def _split_rows(spec: RunSpec, split: str, online: bool) -> int | None:
+    """Rows of the spec's train or validation data without loading it: the bundled sample offline, the
+    preset's Hub split online; None for a user file or an ad-hoc Hub dataset."""
+    if spec.train_file if split == "train" else spec.validation_file:
+        return None
+    ds = tasks.get_dataset(spec.dataset or tasks.get_task(spec.task).default_dataset)
+    name = ds.train_split if split == "train" else ds.validation_split
+    if online:
+        return HUB_SPLIT_ROWS.get((ds.name, name))
+    if not ds.sample_prefix:
+        return None
+    for candidate in (name, "validation", "test"):  # data._sample_file's order
+        path = tasks.SAMPLES_DIR / f"{ds.sample_prefix}_{candidate}.jsonl"
+        if path.is_file():
+            try:
+                return _count_rows(str(path), path.stat().st_mtime_ns)
+            except OSError:
+                return None
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def _count_rows(path: str, mtime_ns: int) -> int:
+    with open(path, encoding="utf-8") as f:
+        return sum(1 for line in f if line.strip())
+
+
 def train_size(spec: RunSpec, online: bool) -> int | None:
     """How many training examples the run will see, when it can be known without loading the data."""
-    n = spec.train_samples or None
-    if spec.train_file or online:
-        return n
-    ds = tasks.get_dataset(spec.dataset or tasks.get_task(spec.task).default_dataset)
-    if not ds.sample_prefix:
-        return n
-    sample = tasks.SAMPLES_DIR / f"{ds.sample_prefix}_{ds.train_split}.jsonl"
-    try:
-        lines = sum(1 for line in sample.read_text().splitlines() if line.strip())
-    except OSError:
-        return n
-    return min(n, lines) if n else lines
+    n, rows = spec.train_samples or None, _split_rows(spec, "train", online)
+    return min(n, rows) if n and rows else (n or rows)
 
 
-def throughput(runs: list[dict], model_name: str) -> tuple[float | None, float | None]:
-    """(median train samples/s, median seconds outside the training loop) of this model's past runs."""
-    done = [r for r in runs if r.get("status") == "completed" and r.get("model_name") == model_name]
-    sps = [r["train_samples_per_second"] for r in done if r.get("train_samples_per_second")]
-    over = [r["finished_at"] - r["started_at"] - (r.get("train_runtime") or 0) for r in done
-            if r.get("finished_at") and r.get("started_at")]
-    return (statistics.median(sps) if sps else None), (statistics.median(over) if over else None)
+def eval_size(spec: RunSpec, online: bool) -> int | None:
+    """How many validation examples each evaluation pass scores (None: unknown without loading)."""
+    n, rows = spec.eval_samples or None, _split_rows(spec, "validation", online)
+    return min(n, rows) if n and rows else (n or rows)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """What one run of a (model, task) costs, in parts. `startup_s` is the run minus its training and
+    evaluation loops: process start, imports, model and data load, tokenization and saving the adapter.
+    Training is per example and epoch, evaluation per example and pass (one pass after every epoch).
+    `runs`: how many completed runs were measured; 0 for a FALLBACK guess."""
+    startup_s: float
+    train_s_per_example: float
+    eval_s_per_example: float
+    runs: int = 0
+
+
+# Used until a run of the (model, task) has completed, and said so on the page. The tiny model's figures
+# were measured with the offline recipe on a 2-core CPU and rounded up; other models get a deliberately
+# slow guess for the device, so a first estimate is not a promise.
+FALLBACK_TIMINGS = {
+    ("builtin:tiny-t5", "classification"): Timing(6.0, 0.010, 0.005),
+    ("builtin:tiny-t5", "summarization"): Timing(8.0, 0.025, 0.20),
+}
+FALLBACK_BY_DEVICE = {
+    ("cpu", "classification"): Timing(30.0, 1 / 3, 0.05), ("cpu", "summarization"): Timing(30.0, 1.0, 1.5),
+    ("cuda", "classification"): Timing(20.0, 1 / 40, 0.01), ("cuda", "summarization"): Timing(20.0, 1 / 15, 0.2),
+}
+
+
+def _eval_parts(run: dict) -> tuple[float, int]:
+    """(seconds, examples) of every evaluation pass of a run, as the run recorded them."""
+    epochs = [e for e in run.get("epochs") or [] if e.get("eval_seconds") is not None and e.get("eval_samples")]
+    if epochs:  # per pass, as recorded by the training loop
+        return sum(e["eval_seconds"] for e in epochs), sum(e["eval_samples"] for e in epochs)
+    n = (run.get("metrics") or {}).get("eval_samples")
+    if n and run.get("eval_runtime") is not None:  # zero-shot: one pass
+        return run["eval_runtime"], n * max(1, len(run.get("epochs") or []))
+    return 0.0, 0
+
+
+def measured_timing(runs: list[dict], model_name: str, task: str) -> Timing | None:
+    """The parts of this (model, task)'s completed runs, from what each run recorded: started_at to
+    finished_at, train_runtime, eval_runtime, train_samples_per_second and the examples each evaluation
+    pass scored. Start-up is the median run's; training and evaluation are pooled (all seconds over all
+    examples), so a big run weighs more than a tiny one whose first slow steps dominate its rate.
+    None when none of its runs has completed with those times."""
+    done = [r for r in runs if r.get("status") == "completed" and r.get("model_name") == model_name
+            and r.get("task") == task and r.get("started_at") and r.get("finished_at")
+            and r.get("train_runtime") is not None and r.get("eval_runtime") is not None]
+    if not done:
+        return None
+    startup = [max(0.0, r["finished_at"] - r["started_at"] - r["train_runtime"] - r["eval_runtime"]) for r in done]
+    trained = [r for r in done if r.get("train_samples_per_second") and r["train_runtime"] > 0]
+    seen = sum(r["train_runtime"] * r["train_samples_per_second"] for r in trained)
+    evals = [_eval_parts(r) for r in done]
+    eval_n = sum(n for _, n in evals)
+    guess = fallback_timing(model_name, task)
+    return Timing(statistics.median(startup),
+                  sum(r["train_runtime"] for r in trained) / seen if seen else guess.train_s_per_example,
+                  sum(t for t, _ in evals) / eval_n if eval_n else guess.eval_s_per_example, len(done))
+
+
+def fallback_timing(model_name: str, task: str, device: str = "cpu") -> Timing:
+    kind = "cuda" if str(device).startswith("cuda") else "cpu"
+    return FALLBACK_TIMINGS.get((model_name, task)) or FALLBACK_BY_DEVICE[(kind, task)]
+
+
+def run_seconds(spec: RunSpec, timing: Timing, online: bool) -> float | None:
+    """Start-up + training + every evaluation pass of one run; None when a size cannot be known."""
+    trains = methods.get_method(spec.method).trains
+    n_eval = eval_size(spec, online)
+    n_train = train_size(spec, online) if trains else 0
+    if n_eval is None or n_train is None:
+        return None
+    passes = spec.num_train_epochs if trains else 1
+    return (timing.startup_s + timing.train_s_per_example * n_train * spec.num_train_epochs * trains
+            + timing.eval_s_per_example * n_eval * passes)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    seconds: float | None  # None: a size is unknown (all rows of a file or an ad-hoc Hub dataset)
+    measured: bool  # every (model, task) of the specs has completed runs to measure
+    basis: str  # one sentence for the page: where the figure comes from
+
+
+def estimate(specs: list[RunSpec], runs: list[dict], online: bool, device: str = "cpu") -> Estimate:
+    """How long `specs` take one after another: start-up, training and evaluation of each, from the
+    measured parts of past runs of the same (model, task), else the stated fallback guess."""
+    total, measured_n, guessed = 0.0, {}, []
+    for spec in specs:
+        timing = measured_timing(runs, spec.model_name, spec.task)
+        if timing is None:
+            timing = fallback_timing(spec.model_name, spec.task, device)
+            if (spec.model_name, spec.task) not in guessed:
+                guessed.append((spec.model_name, spec.task))
+        else:
+            measured_n[(spec.model_name, spec.task)] = timing.runs
+        secs = run_seconds(spec, timing, online)
+        if secs is None:
+            return Estimate(None, not guessed, "Unknown: the run uses all examples of a file or a Hub dataset, "
+                                               "and their number is not known before it loads them.")
+        total += secs
+    if guessed:
+        what = ", ".join(f"{m} on {t}" for m, t in guessed)
+        basis = (f"A rough guess: no run of {what} has finished yet, so typical times are assumed until "
+                 "one has.")
+    else:
+        n = sum(measured_n.values())
+        basis = (f"Measured: from the start-up, training and evaluation times of {n} finished "
+                 f"run{'s' * (n != 1)} of the same model and task.")
+    return Estimate(total, not guessed, basis)
 
 
 def estimate_seconds(specs: list[RunSpec], runs: list[dict], online: bool, device: str = "cpu"
                      ) -> tuple[float | None, bool]:
     """(total seconds or None when unknown, measured?) for running `specs` one after another."""
-    total, measured = 0.0, True
-    for spec in specs:
-        sps, overhead = throughput(runs, spec.model_name)
-        if sps is None:
-            measured = False
-            sps = DEFAULT_SPS.get(spec.model_name, DEFAULT_SPS_GPU if device.startswith("cuda") else DEFAULT_SPS_CPU)
-        n = train_size(spec, online)
-        if n is None and methods.get_method(spec.method).trains:
-            return None, measured
-        trains = methods.get_method(spec.method).trains
-        total += (n * spec.num_train_epochs / sps if trains else 0.0) + (overhead or DEFAULT_OVERHEAD_S)
-    return total, measured
+    e = estimate(specs, runs, online, device)
+    return e.seconds, e.measured
+
+
+def live_eta(run: dict, runs: list[dict], online: bool) -> float | None:
+    """Seconds left for a running run: the training loop's own ETA (steps left at its measured pace) plus
+    the evaluation passes still to come (at this run's measured pass time, else past runs') and saving."""
+    spec = run.get("spec")
+    if spec is None or run.get("status") != "running":
+        return None
+    done_epochs = [e for e in run.get("epochs") or [] if e.get("eval_seconds") is not None]
+    timing = measured_timing(runs, spec.model_name, spec.task) or fallback_timing(spec.model_name, spec.task)
+    trains = methods.get_method(spec.method).trains
+    passes_left = (spec.num_train_epochs if trains else 1) - len(done_epochs)
+    if done_epochs:
+        per_pass = statistics.median(e["eval_seconds"] for e in done_epochs)
+    else:
+        n_eval = eval_size(spec, online)
+        per_pass = timing.eval_s_per_example * n_eval if n_eval else 0.0
+    if not run.get("total_steps") and trains:  # still loading: the whole run is ahead
+        return run_seconds(spec, timing, online)
+    train_left = run.get("eta_s") or 0.0
+    return train_left + max(0, passes_left) * per_pass + (1.0 if trains else 0.0)
+
+
+# a configuration training more than this share of the model's parameters is not parameter-efficient
+PEFT_MAX_TRAINABLE_PCT = 10.0
+
+
+def efficiency_warning(trainable: int, total: int, method: str, capacity: int | None = None) -> str | None:
+    """A sentence when a configuration trains more than PEFT_MAX_TRAINABLE_PCT of the model, else None."""
+    if not total:
+        return None
+    pct = 100.0 * trainable / total
+    if pct <= PEFT_MAX_TRAINABLE_PCT:
+        return None
+    m = methods.get_method(method)
+    if method == "full":
+        return (f"Full fine-tuning trains all {pct:.0f}% of the parameters: it is the reference the "
+                "parameter-efficient methods are measured against, not one of them.")
+    what = f"{m.title} with {m.capacity_name} {capacity}" if m.capacity_name and capacity else m.title
+    return (f"{what} trains {pct:.0f}% of the model's parameters: that is no longer parameter-efficient "
+            f"(more than {PEFT_MAX_TRAINABLE_PCT:.0f}%). A smaller {m.capacity_name or 'configuration'} "
+            "keeps it efficient.")
 
 
 # -- uploads --------------------------------------------------------------------------------------
@@ -309,6 +493,7 @@ def save_upload(st_store: Store, filename: str, data: bytes) -> Path:
     tmp = out.with_suffix(ext + ".tmp")
     tmp.write_bytes(data)
     os.replace(tmp, out)
+    _remember_upload_name(st_store.home, out, filename)  # messages and specs show the user's name
     return out
 
 
@@ -323,14 +508,18 @@ def bundle_bytes(st_store: Store, run_ids: list[str]) -> bytes:
         return out.read_bytes()
 
 
-def import_bundle_bytes(st_store: Store, data: bytes, overwrite: bool = False) -> list[str]:
-    """Check an uploaded bundle completely (bundle.import_bundle trusts nothing in it) and add its runs."""
+def import_bundle_bytes(st_store: Store, data: bytes, overwrite: bool = False, filename: str = "") -> list[str]:
+    """Check an uploaded bundle completely (bundle.import_bundle trusts nothing in it) and add its runs.
+    The temporary copy carries the uploaded file's base name, so messages name the user's file."""
     from .bundle import LIMITS, import_bundle
 
     if len(data) > LIMITS.max_bundle_bytes:
         raise ValueError(f"bundle: larger than {fmt_bytes(LIMITS.max_bundle_bytes)}")
+    shown = "".join(c for c in Path(filename or "").name if c.isprintable() and c not in "/\\")[:120]
+    if not shown.lower().endswith(".zip"):
+        shown = "bundle.zip"
     with tempfile.TemporaryDirectory(prefix="peftcompare-import-") as tmp:
-        path = Path(tmp) / "upload.zip"
+        path = Path(tmp) / shown
         path.write_bytes(data)
         return import_bundle(st_store, path, overwrite=overwrite)
 
@@ -344,3 +533,173 @@ def adapter_size(run: dict) -> int | None:
 
 def can(action: str) -> bool:
     return {"train": public.can_train, "delete": public.can_delete, "import": public.can_import}[action]()
+
+
+# -- words for people: spec fields as the widgets name them, messages without internals -----------------
+FIELD_LABELS = {  # spec field -> the Train page's widget label (short form)
+    "task": "Task", "method": "Method", "capacity": "Capacity", "model_name": "Model", "dataset": "Dataset",
+    "train_file": "Train file", "validation_file": "Validation file", "text_column": "Input column",
+    "target_column": "Target column", "prompt_template": "Prompt template", "train_samples": "Training examples",
+    "eval_samples": "Evaluation examples", "num_train_epochs": "Epochs", "learning_rate": "Learning rate",
+    "per_device_train_batch_size": "Train batch size", "per_device_eval_batch_size": "Eval batch size",
+    "seed": "Seed", "max_source_length": "Max input tokens", "max_target_length": "Max target tokens",
+    "lora_alpha": "LoRA alpha", "lora_dropout": "LoRA dropout", "target_modules": "Target modules",
+    "precision": "Precision", "weight_decay": "Weight decay", "warmup_ratio": "Warm-up ratio",
+}
+_PREFIX_LABELS = {  # other leading "word:" of library messages
+    "spec": "Settings", "bundle": "Bundle", "upload": "Upload", "sweep": "Sweep", "preset": "Preset",
+    "export": "Download", "run_id": "Run", "capacities": "Capacities", "seeds": "Seeds", "methods": "Methods",
+    "batch size": "Batch size", "max_source_length/max_target_length": "Max input / target tokens",
+    "public": "Public instance", "compare": "Compare", "text": "Text",
+}
+_TYPE_WORDS = {"int": "a whole number", "float": "a number", "str": "text"}
+_GENERATED_UPLOAD = re.compile(r"(?:[^\s'\"()]*/)?\d{8}-\d{6}-[0-9a-f]{10}\.[A-Za-z0-9]+")
+
+
+def user_message(exc_or_text, names: dict[str, str] | None = None) -> str:
+    """One line for the screen from a library error: a leading `field_name:` becomes the field's label
+    ("learning_rate: ..." -> "Learning rate: ..."), CLI flags and commands go, and internal file names
+    (generated upload names, temporary paths) become the names the user gave (`names`: internal -> shown;
+    uploads saved by save_upload are known without it)."""
+    text = str(exc_or_text).strip()
+    text = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    for internal, shown in (names or {}).items():
+        if internal:
+            text = text.replace(str(internal), shown)
+    text = _GENERATED_UPLOAD.sub(lambda m: _upload_names().get(Path(m.group(0)).name, "the uploaded file"), text)
+    # CLI-isms: the pages offer these as buttons and checkboxes
+    text = re.sub(r"\s*\((?:use )?--overwrite\b[^)]*\)", "", text)
+    text = re.sub(r"[;,]?\s*(?:see|run|try) `?python -m peftcompare [\w-]+(?: --[\w-]+)*`?", "", text)
+    text = re.sub(r"--([a-z][a-z0-9_]*)", lambda m: FIELD_LABELS.get(m.group(1), m.group(1).replace("_", " ")), text)
+    text = re.sub(r"expected (int|float|str)\b", lambda m: f"expected {_TYPE_WORDS[m.group(1)]}", text)
+    head, sep, rest = text.partition(": ")
+    label = FIELD_LABELS.get(head) or _PREFIX_LABELS.get(head)
+    if sep and label:
+        text = f"{label}: {rest}"
+    return text[:1].upper() + text[1:]
+
+
+# uploads keep generated names on disk (never the user's); the name the user gave is kept beside them
+def _upload_names_path() -> Path:
+    return resolve_home() / "results" / "upload_names.json"
+
+
+def _upload_names() -> dict[str, str]:
+    import json
+
+    try:
+        data = json.loads(_upload_names_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _remember_upload_name(home: Path, saved: Path, original: str) -> None:
+    import fcntl
+    import json
+
+    path = home / "results" / "upload_names.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shown = "".join(c for c in Path(original or "").name if c.isprintable())[:120] or saved.name
+    with open(path.with_suffix(".lock"), "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        data[saved.name] = shown
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(data, indent=0, sort_keys=True))
+        os.replace(tmp, path)
+
+
+def upload_display_name(path) -> str:
+    """The file name to show for a stored file path: the user's name for an upload, else its base name."""
+    if not path:
+        return ""
+    name = Path(str(path)).name
+    return _upload_names().get(name, name)
+
+
+def persist(key: str, default=None) -> None:
+    """Keep a widget's value when the page is left: Streamlit deletes the state of widgets not drawn in
+    a run, so the value is mirrored under a non-widget key and put back before the widget is drawn.
+    Call it before the widget with the same key (and give the widget no value= of its own)."""
+    kept = f"_kept_{key}"
+    if key in st.session_state:
+        st.session_state[kept] = st.session_state[key]
+    else:
+        st.session_state[key] = st.session_state.get(kept, default)
+
+
+def model_family_guess(model_name: str) -> str | None:
+    """'t5', 'seq2seq', 'causal', 'encoder' or None, from the name alone (no download, no torch)."""
+    name = Path(str(model_name or "")).name.lower()
+    if "t5" in name:
+        return "t5"
+    if any(k in name for k in ("bart", "pegasus", "marian")):
+        return "seq2seq"
+    if any(k in name for k in ("bert", "electra", "deberta")):
+        return "encoder"
+    if any(k in name for k in ("gpt", "llama", "opt-", "pythia", "qwen", "mistral", "phi")):
+        return "causal"
+    return None
+
+
+_NOTE_FAMILIES = {"prefix": ("t5", "seq2seq"), "bitfit": ("t5",)}  # the families a method's note is about
+
+
+def method_note(method: str, model_name: str | None = None) -> str:
+    """The method's note where it applies to the model's family (a T5 remark is not for BERT); an
+    unrecognised model gets the note."""
+    m = methods.METHODS.get(method)
+    if m is None or not m.note:
+        return ""
+    family = model_family_guess(model_name) if model_name else None
+    if family is None or method not in _NOTE_FAMILIES or family in _NOTE_FAMILIES[method]:
+        return m.note
+    return ""
+
+
+_TRAINING_FIELDS = ("train_file", "train_samples", "num_train_epochs", "learning_rate",
+                    "per_device_train_batch_size", "weight_decay", "warmup_ratio", "seed")
+_METHOD_FIELDS = {"lora_alpha": ("lora", "adalora"), "lora_dropout": ("lora", "adalora"),
+                  "target_modules": ("lora", "adalora", "ia3")}
+
+
+def applicable_fields(spec: RunSpec) -> list[str]:
+    """The spec fields that mean something for this run's method: no LoRA settings on a prompt-tuning
+    run, no capacity without a knob, no training settings (learning rate, epochs, ...) for zero-shot."""
+    m = methods.get_method(spec.method)
+    out = []
+    for name in FIELD_LABELS:
+        if name == "capacity" and m.capacity_name is None:
+            continue
+        if name in _TRAINING_FIELDS and not m.trains:
+            continue
+        if name in _METHOD_FIELDS and spec.method not in _METHOD_FIELDS[name]:
+            continue
+        if name in ("train_file", "validation_file") and not getattr(spec, name):
+            continue
+        out.append(name)
+    return out
+
+
+def spec_rows(spec: RunSpec) -> list[dict]:
+    """(setting, value) rows of the fields that apply to the run, labelled as the Train page labels them."""
+    m = methods.get_method(spec.method)
+    rows = []
+    for name in applicable_fields(spec):
+        value = getattr(spec, name)
+        if name == "method":
+            value = m.title
+        elif name == "capacity":
+            value = f"{value} ({m.capacity_name})"
+        elif name in ("train_file", "validation_file"):
+            value = upload_display_name(value)
+        elif name in ("train_samples", "eval_samples") and value == 0:
+            value = "all"
+        elif name == "learning_rate":
+            value = f"{value:g}"
+        rows.append({"setting": FIELD_LABELS[name], "value": str(value) if value != "" else "—"})
+    return rows

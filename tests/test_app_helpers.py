@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from peftcompare import analysis, curves, ui
+from peftcompare import analysis, curves, methods, tasks, ui
 from peftcompare.spec import RunSpec
 from peftcompare.store import Store
 
@@ -57,20 +57,41 @@ def test_chart_files_render():
                           "loss": [3, 2, 1, 4, 3, 2.5]})
     spec = curves.loss_chart(steps, {"a": "LoRA 8"}).to_dict()
     assert spec["mark"]["type"] == "line" and spec["encoding"]["color"]["field"] == "run"
+    # height is the plot's own: Streamlit's default autosize "fit" would make it the whole chart (legend and
+    # axes included), which left the Train page's 180 px loss chart a flat line without a y axis
+    assert spec["autosize"] == {"type": "fit-x", "contains": "padding"} and spec["height"] == 260
+    assert spec["encoding"]["color"]["legend"] is not None  # two runs: a legend
+    one = curves.loss_chart(steps[steps["run_id"] == "a"], height=180).to_dict()
+    assert one["encoding"]["color"]["legend"] is None and one["height"] == 180  # one run: its card names it
+    assert curves.to_png(curves.loss_chart(steps, height=180), scale=1)[:4] == b"\x89PNG"
 
 
-def test_eta_uses_measured_throughput_and_sample_sizes():
-    spec = RunSpec(model_name="builtin:tiny-t5", train_samples=2000, num_train_epochs=2)
-    assert ui.train_size(spec, online=False) == 180  # the bundled sst2 sample has 180 rows
+def test_eta_uses_measured_parts_and_sample_sizes():
+    spec = RunSpec(model_name="builtin:tiny-t5", train_samples=2000, num_train_epochs=2, eval_samples=50)
+    rows = sum(1 for line in (tasks.SAMPLES_DIR / "sst2_train.jsonl").read_text().splitlines() if line.strip())
+    assert ui.train_size(spec, online=False) == rows  # all of the bundled sst2 sample
     assert ui.train_size(spec, online=True) == 2000
-    assert ui.train_size(spec.replace(train_samples=0), online=True) is None
-    guess, measured = ui.estimate_seconds([spec], [], online=False)
-    assert not measured and guess == pytest.approx(180 * 2 / ui.DEFAULT_SPS["builtin:tiny-t5"] + ui.DEFAULT_OVERHEAD_S)
-    past = [{"status": "completed", "model_name": "builtin:tiny-t5", "train_samples_per_second": 90.0,
-             "started_at": 100.0, "finished_at": 110.0, "train_runtime": 6.0}]
-    secs, measured = ui.estimate_seconds([spec, spec.replace(method="zero_shot")], past, online=False)
-    assert measured and secs == pytest.approx((180 * 2 / 90 + 4) + 4)
-    assert ui.estimate_seconds([spec.replace(train_samples=0)], past, online=True) == (None, True)
+    assert ui.train_size(spec.replace(train_samples=0), online=True) == 67349  # SST-2's train split
+    assert ui.eval_size(spec.replace(eval_samples=0), online=True) == 872
+    assert ui.train_size(spec.replace(train_samples=0, train_file="/x.csv"), online=True) is None
+    guess = ui.estimate([spec], [], online=False)
+    g = ui.FALLBACK_TIMINGS[("builtin:tiny-t5", "classification")]
+    assert not guess.measured and "rough guess" in guess.basis
+    assert guess.seconds == pytest.approx(g.startup_s + g.train_s_per_example * rows * 2 + g.eval_s_per_example * 50 * 2)
+    # one finished run: 10 s start to end, 6 s training at 90 examples/s, 2 evaluation passes of 40 examples in 2 s
+    past = [{"status": "completed", "model_name": "builtin:tiny-t5", "task": "classification",
+             "train_samples_per_second": 90.0, "started_at": 100.0, "finished_at": 110.0, "train_runtime": 6.0,
+             "eval_runtime": 2.0, "epochs": [{"epoch": 1, "eval_seconds": 1.0, "eval_samples": 40},
+                                              {"epoch": 2, "eval_seconds": 1.0, "eval_samples": 40}]}]
+    t = ui.measured_timing(past, "builtin:tiny-t5", "classification")
+    assert (t.startup_s, t.train_s_per_example, t.eval_s_per_example, t.runs) == (2.0, 1 / 90, 1 / 40, 1)
+    est = ui.estimate([spec, spec.replace(method="zero_shot")], past, online=False)
+    assert est.measured and "Measured" in est.basis
+    assert est.seconds == pytest.approx((2 + rows * 2 / 90 + 50 * 2 / 40) + (2 + 50 / 40))
+    assert ui.estimate_seconds([spec.replace(train_samples=0, train_file="/x.csv")], past, online=True) == (None, True)
+    # nothing measured for summarization: the guess for that task, not classification's times
+    summ = ui.estimate([spec.replace(task="summarization")], past, online=False)
+    assert not summ.measured and "builtin:tiny-t5 on summarization" in summ.basis
 
 
 def test_grid_specs_and_int_lists():
@@ -78,10 +99,19 @@ def test_grid_specs_and_int_lists():
     grid = ui.grid_specs(base, ["lora", "bitfit"], [4, 8], [1, 2], zero_shot=True)
     assert len(grid) == 1 + 2 * 2 + 2
     assert {(s.method, s.capacity) for s in grid if s.method == "lora"} == {("lora", 4), ("lora", 8)}
+    # capacities per method: LoRA 4, 8 and prompt tuning 10 in one grid
+    grid = ui.grid_specs(base, ["lora", "prompt"], {"lora": [4, 8], "prompt": [10]}, [1], zero_shot=False)
+    assert sorted((s.method, s.capacity) for s in grid) == [("lora", 4), ("lora", 8), ("prompt", 10)]
+    with pytest.raises(ValueError, match="capacities for Prompt-Tuning: give at least one virtual tokens"):
+        ui.grid_specs(base, ["lora", "prompt"], {"lora": [4]}, [1], zero_shot=False)
+    with pytest.raises(ValueError, match="capacities for LoRA: rank r must be at least 1, got 0"):
+        ui.grid_specs(base, ["lora"], {"lora": [0, 4]}, [1], zero_shot=False)
+    assert ui.default_capacities("lora", online=True) == methods.METHODS["lora"].capacities
+    assert ui.default_capacities("ia3", online=False) == ()
     assert ui.parse_int_list(" 4, 8;16 8", "capacities") == [4, 8, 16]
     with pytest.raises(ValueError, match="capacities: expected whole numbers"):
         ui.parse_int_list("4, eight", "capacities")
-    with pytest.raises(ValueError, match="capacity: rank r must be <= 1024"):
+    with pytest.raises(ValueError, match="capacities for LoRA: rank r must be at most 1024"):
         ui.grid_specs(base, ["lora"], [4096], [1], zero_shot=False)
     with pytest.raises(ValueError, match="seeds"):
         ui.grid_specs(base, ["lora"], [4], [], zero_shot=False)

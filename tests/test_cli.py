@@ -173,3 +173,12 @@ def test_train_on_a_terminal_shows_a_progress_bar_and_plain_lines_otherwise(tmp_
     piped = cli(*args, home=tmp_path / "pipe", check=True)
     assert "step/s" not in piped.stdout + piped.stderr and "\r" not in piped.stderr
     assert "epoch 2: loss" in piped.stdout
+
+
+def test_enqueue_of_an_identical_spec_is_not_queued_twice(tmp_path):
+    home = tmp_path / "home"
+    first = cli("enqueue", "--no_worker", *TINY, home=home, check=True)
+    again = cli("enqueue", "--no_worker", *TINY, home=home, check=True)
+    assert len(first.stdout.split()) == 1 and again.stdout.strip() == ""
+    assert "not queued: an identical run is already queued (" + first.stdout.strip() + ")" in again.stderr
+    assert run_count(home) == 1

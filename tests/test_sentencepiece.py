@@ -11,7 +11,7 @@ import pytest
 
 from pipeline_helpers import SAMPLES, cli
 
-SENTENCE = "a gripping courtroom drama with first-rate acting"  # first line of sst2_train.jsonl
+SENTENCE = "a gripping courtroom drama with first-rate acting"  # words of the kind the sample has
 UNSEEN = "the director seems to have no idea what story he wants to tell ."  # from sst2_validation.jsonl
 PAD, EOS, UNK = 0, 1, 2  # T5's ids; T5 has no bos
 
@@ -23,6 +23,8 @@ def train_spiece(prefix) -> None:
     # one thread, no sampling or shuffling of the input: the same bytes on every run
     spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_prefix=str(prefix), vocab_size=400,
                                    model_type="unigram", pad_id=PAD, eos_id=EOS, unk_id=UNK, bos_id=-1,
+                                   # at most 400 pieces: fewer where the sample's vocabulary is smaller
+                                   hard_vocab_limit=False,
                                    character_coverage=1.0, num_threads=1, input_sentence_size=0,
                                    shuffle_input_sentence=False, minloglevel=2)
 
