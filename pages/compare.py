@@ -151,8 +151,9 @@ def across_validation() -> None:
     st.session_state["cmp_n"] = max(1, min(int(st.session_state["cmp_n_req"]), size))
     st.number_input(f"Validation examples (1 – {size})", min_value=1, max_value=size, step=1, key="cmp_n",
                     on_change=_remember_n,
-                    help="The first N examples of the validation set in its fixed order: with N equal to a "
-                         "run's eval_samples (and the same precision), a column's score is that run's metric.")
+                    help="The first N examples of the validation set in its fixed order: with N equal to the "
+                         "number of examples a run was evaluated on (and the same precision), a column's score is "
+                         "that run's metric.")
     n = int(st.session_state["cmp_n"])
     engine, lock = ui.engine()
     try:

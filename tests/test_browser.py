@@ -1,5 +1,6 @@
 """A real browser end to end: `streamlit run app.py` on a free port, headless Chromium through
-Train -> Adapters -> Compare -> Curves, screenshots under artifacts/screenshots/."""
+Train -> Curves (the lesson) -> Adapters -> Compare (both modes) -> Curves -> Presets with the offline
+defaults, screenshots under artifacts/screenshots/."""
 from __future__ import annotations
 
 import os
@@ -82,7 +83,7 @@ def set_number(page, label: str, value: int) -> None:
     page.wait_for_timeout(300)
 
 
-def test_train_adapters_compare_curves_in_chromium(server):
+def test_offline_defaults_teach_the_lesson_through_every_page_in_chromium(server):
     from playwright.sync_api import expect, sync_playwright
 
     home, url = server
@@ -100,19 +101,16 @@ def test_train_adapters_compare_curves_in_chromium(server):
         goto_page(page, "Train")
         expect(page.get_by_test_id("stMetric").filter(has_text="Trainable parameters")).to_contain_text("12,288",
                                                                                                          timeout=90_000)
-        set_number(page, "Training examples (0 = all)", 48)
-        set_number(page, "Evaluation examples (0 = all)", 16)
-        set_number(page, "Epochs", 1)
+        # the offline defaults as the form proposes them: nothing typed but a second capacity
         page.get_by_role("button", name="Enqueue").click()
         expect(page.get_by_text("Enqueued 1 run(s)")).to_be_visible()
         page.screenshot(path=str(SHOTS / "02_train_queue.png"), full_page=True)
-        # a second adapter with another capacity: two clicks more
         set_number(page, "Capacity (rank r)", 4)
         expect(page.get_by_test_id("stMetric").filter(has_text="Trainable parameters")).to_contain_text("6,144",
                                                                                                          timeout=90_000)
         page.get_by_role("button", name="Enqueue").click()
         # the queue refreshes itself: no reload, both runs turn "completed" on the page
-        expect(page.get_by_text("completed", exact=True)).to_have_count(2, timeout=240_000)
+        expect(page.get_by_text("completed", exact=True)).to_have_count(2, timeout=300_000)
         runs = store.list_runs()
         assert [r["status"] for r in runs] == ["completed", "completed"], [r.get("error") for r in runs]
         assert sorted(r["capacity"] for r in runs) == [4, 8]
@@ -122,7 +120,7 @@ def test_train_adapters_compare_curves_in_chromium(server):
         goto_page(page, "Adapters")
         expect(page.get_by_test_id("stDataFrame").first).to_be_visible()
         page.get_by_text("Model card").click()
-        expect(page.get_by_text("Trained by peftcompare run")).to_be_visible()
+        expect(page.get_by_text("Trained by peftcompare run")).to_be_visible(timeout=30_000)
         page.screenshot(path=str(SHOTS / "04_adapters.png"), full_page=True)
         page.get_by_test_id("stMultiSelect").filter(has_text="Select adapters").click()
         for _ in range(2):  # both adapters: the menu stays open after a pick
@@ -141,14 +139,35 @@ def test_train_adapters_compare_curves_in_chromium(server):
         expect(page.get_by_text("latency").first).to_be_visible()
         expect(page.get_by_text("latency")).to_have_count(3)  # zero-shot + two adapters, side by side
         page.screenshot(path=str(SHOTS / "05_compare.png"), full_page=True)
+        # the second mode: the same columns over the validation set, and where they disagree
+        page.get_by_test_id("stRadio").filter(has_text="Mode").get_by_text("Across the validation set").click()
+        page.get_by_role("button", name="Find disagreements").click()
+        expect(page.get_by_role("button", name="Download CSV")).to_be_visible(timeout=120_000)
+        page.screenshot(path=str(SHOTS / "05b_compare_across.png"), full_page=True)
 
+        # the lesson: the Curves page offers the missing zero-shot baseline, and both adapters beat it
         goto_page(page, "Curves")
+        page.get_by_role("button", name="Add the zero-shot baseline").click()
+        wait_for(lambda: any(r["method"] == "zero_shot" and r["status"] == "completed" for r in store.list_runs()),
+                 timeout=180, what="the zero-shot baseline to finish")
+        scores = {(r["method"], r["capacity"]): r["metrics"]["f1"] for r in store.list_runs()}
+        zero = next(v for (m, _), v in scores.items() if m == "zero_shot")
+        for cap in (4, 8):
+            assert scores[("lora", cap)] >= zero + 0.2, (scores, "an adapter does not beat zero-shot by 0.2 F1")
+        page.reload()
+        page.get_by_role("heading", name="Curves", level=1).wait_for()
+        expect(page.get_by_text("No zero-shot baseline")).to_have_count(0)
         chart = page.get_by_test_id("stVegaLiteChart").first
         expect(chart).to_be_visible()
-        expect(chart.locator("canvas, svg").first).to_be_visible()
+        expect(chart.locator("canvas, svg").first).to_be_visible(timeout=30_000)
+        page.wait_for_timeout(1500)  # the remaining charts and the table draw after the first
         for r in runs:  # both on the curve's table
             expect(page.get_by_text(r["run_id"]).first).to_be_attached()
         page.screenshot(path=str(SHOTS / "06_curves.png"), full_page=True)
+
+        goto_page(page, "Presets")
+        expect(page.get_by_role("button", name="Run ").first).to_be_visible()
+        page.screenshot(path=str(SHOTS / "07_presets.png"), full_page=True)
         browser.close()
     log = (home / "streamlit.log").read_text()
     assert "Traceback" not in log, log[-3000:]
