@@ -9,7 +9,7 @@ REQUIREMENTS ?= requirements.lock
 PIP_TOOLS ?= pip-tools==7.6.2
 OFFLINE_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: setup app test bench lock versions clean-venv
+.PHONY: setup app test bench lock versions models clean-venv
 
 setup: $(VENV)/.installed-$(notdir $(REQUIREMENTS))
 
@@ -22,13 +22,18 @@ $(VENV)/.installed-$(notdir $(REQUIREMENTS)): $(REQUIREMENTS) requirements-torch
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-app: setup
+app: setup models
 	$(BIN)/python -m streamlit run app.py --server.port $(PORT)
 
 versions: setup
 	@$(BIN)/python -m peftcompare versions
 
-test: setup versions
+# the built-in tiny models' pretrained weights: built once per machine (about a minute each on 2 cores, cached
+# under ~/.cache/peftcompare by a hash of what they depend on), a no-op when the cache is current
+models: setup
+	$(BIN)/python -m peftcompare.pretrain
+
+test: setup versions models
 	$(OFFLINE_ENV) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: setup

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import methods, tasks
 from .preflight import preflight, preflight_all
-from .spec import RunSpec, spec_fields
+from .spec import RunSpec, spec_fields, with_offline_recipe
 
 EXIT_USAGE = 2
 
@@ -62,7 +62,8 @@ def _spec_from_args(args, **overrides) -> RunSpec:
         if v is not None:
             values[f.name] = v
     values.update(overrides)
-    return RunSpec.from_dict(values)
+    # a built-in tiny model takes the offline recipe for every recipe field the flags and --spec leave unset
+    return RunSpec.from_dict(with_offline_recipe(values))
 
 
 def _store(args):

@@ -422,7 +422,10 @@ EXTRA_BUILTINS.update({
     "tiny-bart": ("seq2seq", dict(model_type="bart", d_model=64, encoder_layers=2, decoder_layers=2,
                                   encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
                                   decoder_ffn_dim=128, max_position_embeddings=1024, dropout=0.0,
-                                  decoder_start_token_id=0, forced_eos_token_id=1, **_SPECIAL)),
+                                  decoder_start_token_id=0, forced_eos_token_id=1,
+                                  # BART's 0.02 makes every attention of a 64-wide model uniform: the decoder
+                                  # then barely sees its input and pretraining stalls there; ~1/sqrt(d_model)
+                                  init_std=0.1, **_SPECIAL)),
     # the exact shapes of public checkpoints, for parameter counts (meta device)
     "random-gpt2": ("causal", dict(model_type="gpt2", vocab_size=50257)),
     "random-bert-base": ("encoder", dict(model_type="bert", vocab_size=30522)),
@@ -456,7 +459,7 @@ def builtin_config(name: str, vocab_size: int):
     common = dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False, decoder_start_token_id=0,
                   pad_token_id=0, eos_token_id=1, dropout_rate=0.1)
     if name == "tiny-t5":
-        # no dropout: a few hundred thousand random weights learn the sample data faster without it
+        # no dropout: a few hundred thousand weights learn the generated text faster without it
         return T5Config(vocab_size=vocab_size, **TINY_T5, **{**common, "dropout_rate": 0.0})
     if name in FLAN_T5_SHAPES:
         return T5Config(**FLAN_T5_SHAPES[name], **common)

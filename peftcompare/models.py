@@ -1,7 +1,9 @@
 """Model loading: Hub ids, local paths and built-in models, behind one family interface.
 
-Built-in models are built in memory from a seeded initialisation, so every process that asks for
-`builtin:tiny-t5` gets the same weights without the Hub and without shipping weights in the repo.
+Built-in models are built from a seeded initialisation, so every process that asks for `builtin:tiny-t5`
+gets the same weights without the Hub and without shipping weights in the repo; the tiny ones
+(tiny-t5, -bart, -gpt2, -bert) are then pretrained once per machine by peftcompare.pretrain and read from
+its cache.
 """
 from __future__ import annotations
 
@@ -243,7 +245,7 @@ def peft_compatible(model):
     return model
 
 
-def _build_builtin(name: str, config, family):
+def _build_builtin(name: str, config, family, pretrained: bool = True):
     import torch
 
     # a fixed seed makes the weights identical in every process; the caller's RNG stays untouched
@@ -251,8 +253,21 @@ def _build_builtin(name: str, config, family):
         torch.manual_seed(1234)
         model = family.from_config(config)
     family.untie_lm_head(model)
+    short = name[len(BUILTIN_PREFIX):]
+    if pretrained:
+        from . import pretrain
+
+        if short in pretrain.PRETRAINED:  # the tiny models: pretrained once per machine, then cached
+            model.load_state_dict(pretrain.pretrained_state(short))
     model.eval()
     return model
+
+
+def random_builtin(short_name: str):
+    """A built-in model at its seeded random initialisation, before any pretraining."""
+    name = BUILTIN_PREFIX + short_name
+    config = load_config(name)
+    return _build_builtin(name, config, families.family_for_config(config), pretrained=False)
 
 
 @lru_cache(maxsize=1)

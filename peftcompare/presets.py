@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import methods
-from .spec import RunSpec
+from .spec import RunSpec, with_offline_recipe
 
 # learning rates that suit each method (full fine-tuning moves every weight, soft prompts need large steps)
 METHOD_LR = {"full": 5e-5, "last_layers": 1e-4, "bitfit": 1e-3, "lora": 5e-4, "adalora": 1e-3, "ia3": 3e-3,
@@ -85,7 +85,9 @@ def get_preset(name: str) -> Preset:
 
 
 def preset_specs(name: str, offline: bool = False, quick: bool = False) -> list[RunSpec]:
-    """Every run of a preset; offline swaps the Hub model for the built-in one and changes nothing else."""
+    """Every run of a preset. Offline swaps the Hub model for the built-in tiny one, and (outside the quick
+    budget, which stays a smoke test) the Hub learning rates and budget for the tiny model's recipe
+    (spec.TINY_RECIPES), as a `train` on that model gets it; the preset's own fields stay."""
     p = get_preset(name)
     models = [p.offline_model] if offline else list(p.models)
     specs: list[RunSpec] = []
@@ -102,6 +104,8 @@ def preset_specs(name: str, offline: bool = False, quick: bool = False) -> list[
                 # quick: the smallest capacity of each method (one point per method, not a curve)
                 for cap in (capacities[:1] if quick else capacities) or (0,):
                     values = {**base, "method": method, "learning_rate": METHOD_LR.get(method, 5e-4)}
+                    if offline and not quick:
+                        values = with_offline_recipe({**base, "method": method})
                     if m.capacity_name:
                         values["capacity"] = cap
                     specs.append(RunSpec.from_dict(values))

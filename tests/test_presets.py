@@ -41,12 +41,22 @@ def test_presets_match_the_issue():
 @pytest.mark.parametrize("name", list(presets.PRESETS))
 @pytest.mark.parametrize("quick", [False, True])
 def test_hub_specs_differ_only_in_the_model(name, quick):
+    """Offline only the model changes, and (outside the quick budget) the tiny model's recipe replaces the
+    Hub learning rates and budget (issue 12; tests/test_offline_lesson.py checks the recipe itself)."""
+    from peftcompare.spec import offline_recipe
+
     hub = presets.preset_specs(name, offline=False, quick=quick)
     off = presets.preset_specs(name, offline=True, quick=quick)
     assert {s.model_name for s in hub} == set(presets.get_preset(name).models)
     assert {s.model_name for s in off} == {presets.get_preset(name).offline_model}
-    strip = lambda s: s.replace(model_name="-").to_json()  # noqa: E731
-    assert {strip(s) for s in hub} == {strip(s) for s in off}
+    p = presets.get_preset(name)
+
+    def as_offline(s):
+        if quick:
+            return s.replace(model_name="-").to_json()
+        recipe = {k: v for k, v in offline_recipe(p.offline_model, s.task, s.method).items() if k not in p.spec}
+        return s.replace(model_name="-", **recipe).to_json()
+    assert {as_offline(s) for s in hub} == {s.replace(model_name="-").to_json() for s in off}
 
 
 def test_preset_spec_details():
@@ -115,7 +125,8 @@ def test_enqueue_preset_respects_public_mode(tmp_path, monkeypatch):
     monkeypatch.setenv("PEFTCOMPARE_PUBLIC", "1")
     with pytest.raises(ValueError, match="model_name: this public instance only trains"):
         presets.enqueue_preset(store, "gpt2_news", offline=True, owner="v")
-    with pytest.raises(ValueError, match="train_samples: at most"):
+    # offline the tiny model's recipe trains 500 examples (the limit) and evaluates all of them (over it)
+    with pytest.raises(ValueError, match="eval_samples: at most"):
         presets.enqueue_preset(store, "dialogue_summaries", offline=True, owner="v")
     with pytest.raises(ValueError, match="method: full is turned off"):
         presets.enqueue_preset(store, "dialogue_summaries", offline=True, owner="v", quick=True)

@@ -10,11 +10,12 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import APP
 from peftcompare import jobs, methods
-from peftcompare.spec import RunSpec
+from peftcompare.spec import OFFLINE_RECIPE, RunSpec
 from peftcompare.store import Store
 
-QUICK = RunSpec(model_name="builtin:tiny-t5", method="lora", capacity=4, train_samples=16, eval_samples=8,
-                num_train_epochs=1, per_device_train_batch_size=8, seed=7)
+QUICK = RunSpec(**{**OFFLINE_RECIPE, "model_name": "builtin:tiny-t5", "method": "lora", "capacity": 4,  # the form's
+                   "train_samples": 16, "eval_samples": 8, "num_train_epochs": 1,  # offline recipe, a quick budget
+                   "per_device_train_batch_size": 8, "seed": 7})
 
 
 def train_page() -> AppTest:
