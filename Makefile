@@ -31,7 +31,7 @@ versions: setup
 # the built-in tiny models' pretrained weights: built once per machine (about a minute each on 2 cores, cached
 # under ~/.cache/peftcompare by a hash of what they depend on), a no-op when the cache is current
 models: setup
-	$(BIN)/python -m peftcompare.pretrain
+	$(BIN)/python -m peftcompare.engine.pretrain
 
 test: setup versions models
 	$(OFFLINE_ENV) $(BIN)/python -m pytest -q $(PYTEST_ARGS)

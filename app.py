@@ -5,7 +5,8 @@ models load lazily (and are cached) so the app starts in a couple of seconds.
 """
 import streamlit as st
 
-from peftcompare import public, ui
+from peftcompare.service import policy as public
+from peftcompare.webui import ui
 
 st.set_page_config(page_title="peftcompare", page_icon=":material/compare:", layout="wide")
 

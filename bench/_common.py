@@ -123,7 +123,7 @@ def cpu_peak() -> dict:
     FLOPs/cycle: two 512-bit FMA units -> fp32 2 x 16 lanes x 2 = 64; AVX512-BF16 (vdpbf16ps: 32 bf16
     pairs per unit) -> 128; AMX-BF16 tile multiply: 1024 (16x16x32 multiply-adds per 16 cycles).
     Without AVX-512: two 256-bit FMA units -> 32 fp32."""
-    from peftcompare import runtime
+    from peftcompare.engine import runtime
 
     flags = runtime.cpu_flags()
     cores = runtime.usable_cores()

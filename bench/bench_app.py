@@ -22,7 +22,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from peftcompare.procs import stop  # noqa: E402 - the bench runs from a clone, not an install
+from peftcompare.service.procs import stop  # noqa: E402 - the bench runs from a clone, not an install
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -31,10 +31,10 @@ def make_adapters(home: str, n: int, model_name: str) -> None:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from peftcompare import models
-    from peftcompare.spec import RunSpec
-    from peftcompare.store import Store
-    from peftcompare.tasks import get_dataset
+    from peftcompare.engine import models
+    from peftcompare.core.spec import RunSpec
+    from peftcompare.service.store import Store
+    from peftcompare.core.tasks import get_dataset
 
     store = Store(home)
     loaded = models.load_model(model_name)
@@ -93,8 +93,8 @@ def main(argv=None) -> dict:
 
 
 def measure(a, device: str, home: Path) -> dict:
-    from peftcompare.infer import CompareEngine
-    from peftcompare.store import Store
+    from peftcompare.engine.compare import CompareEngine
+    from peftcompare.service.store import Store
 
     store = Store(home)
     runs = store.list_runs(status=("completed",))

@@ -18,9 +18,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from peftcompare import jobs, ui  # noqa: E402
-from peftcompare.spec import RunSpec  # noqa: E402
-from peftcompare.store import Store  # noqa: E402
+from peftcompare.service import jobs
+from peftcompare.webui import ui  # noqa: E402
+from peftcompare.core.spec import RunSpec  # noqa: E402
+from peftcompare.service.store import Store  # noqa: E402
 
 TARGET = 0.30
 CLS = RunSpec(model_name="builtin:tiny-t5", method="lora", capacity=4, train_samples=128, eval_samples=48,

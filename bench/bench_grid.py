@@ -43,10 +43,10 @@ def measure(model_name: str, method: str, capacity: int, task_key: str, steps: i
             device: str) -> dict:
     import torch
 
-    from peftcompare import data as data_mod
-    from peftcompare import evaluate as eval_mod
-    from peftcompare import models, runtime, train
-    from peftcompare.spec import RunSpec
+    from peftcompare.engine import data as data_mod
+    from peftcompare.engine import evaluate as eval_mod
+    from peftcompare.engine import models, runtime, train
+    from peftcompare.core.spec import RunSpec
 
     task, src_len, tgt_len, _ = TASKS[task_key]
     spec = RunSpec(task=task, method=method, capacity=capacity, model_name=model_name,
@@ -135,7 +135,8 @@ def main(argv=None) -> dict:
         a.steps = 2
     device = C.pick_device(a.device)
     C.tmp_home("bench-grid")
-    from peftcompare import methods, runtime
+    from peftcompare.core import methods
+    from peftcompare.engine import runtime
 
     if device == "cpu":
         runtime.configure_cpu()

@@ -31,10 +31,11 @@ from pathlib import Path
 
 import _common as C
 
-from peftcompare import methods, presets  # noqa: E402
-from peftcompare.spec import OFFLINE_SWEEP, RunSpec  # noqa: E402
-from peftcompare.store import Store  # noqa: E402
-from peftcompare.tasks import get_task  # noqa: E402
+from peftcompare.core import methods
+from peftcompare.service import presets  # noqa: E402
+from peftcompare.core.spec import OFFLINE_SWEEP, RunSpec  # noqa: E402
+from peftcompare.service.store import Store  # noqa: E402
+from peftcompare.core.tasks import get_task  # noqa: E402
 
 MODEL = "builtin:tiny-t5"
 GAIN, SECONDS, ROUGE = 0.2, 60.0, 0.3
@@ -187,10 +188,10 @@ def main(argv=None) -> int:
         print("data: the development split (first 80% of each bundled training file / last 20%)")
     t0 = time.perf_counter()
     print(f"machine: {os.cpu_count()} CPUs, load average {load()} (1/5/15 min); store {home}", flush=True)
-    from peftcompare import pretrain
+    from peftcompare.engine import pretrain
 
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "peftcompare.pretrain"], cwd=C.ROOT, check=True)
+    subprocess.run([sys.executable, "-m", "peftcompare.engine.pretrain"], cwd=C.ROOT, check=True)
     print(f"pretrained built-ins ready ({time.perf_counter() - t:.0f} s; cache {pretrain.cache_dir()})", flush=True)
     checks: list[tuple[str, bool]] = []
     sweep(home, checks)

@@ -18,8 +18,8 @@ import _common as C
 
 
 def run(store, precision: str, seed: int, epochs: int) -> dict:
-    from peftcompare import train
-    from peftcompare.spec import RunSpec
+    from peftcompare.engine import train
+    from peftcompare.core.spec import RunSpec
 
     train_file = str(C.SAMPLES / "sst2_train.jsonl")
     spec = RunSpec(model_name="builtin:tiny-t5", method="lora", capacity=8, num_train_epochs=epochs,
@@ -45,8 +45,8 @@ def main(argv=None) -> dict:
     import io
     import shutil
 
-    from peftcompare import runtime
-    from peftcompare.store import Store
+    from peftcompare.engine import runtime
+    from peftcompare.service.store import Store
 
     store = Store(home)
     if not runtime.bf16_supported(runtime.device_name()):

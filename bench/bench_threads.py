@@ -52,7 +52,7 @@ def main(argv=None) -> dict:
     p.add_argument("--models", nargs="+", default=["builtin:tiny-t5", C.SMALL])
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
-    from peftcompare import runtime
+    from peftcompare.engine import runtime
 
     cores = runtime.usable_cores()
     print(f"bench_threads: {cores} usable cores, load average {os.getloadavg()[0]:.1f}, batch 16 x 24 tokens, "

@@ -71,7 +71,7 @@ def reference(args, train_file: Path, val_file: Path, home: Path, device: str) -
     from peft import get_peft_model
     from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
 
-    from peftcompare import models
+    from peftcompare.engine import models
 
     torch.set_flush_denormal(True)
     loaded = models.load_model(args.model_name, fast_kernels=False)  # transformers as shipped
@@ -157,11 +157,11 @@ def reference(args, train_file: Path, val_file: Path, home: Path, device: str) -
 def peftcompare_side(args, train_file: Path, val_file: Path, home: Path, device: str) -> dict:
     import torch
 
-    from peftcompare import data as data_mod
-    from peftcompare import evaluate as eval_mod
-    from peftcompare import models, runtime, train
-    from peftcompare.spec import RunSpec
-    from peftcompare.store import Store
+    from peftcompare.engine import data as data_mod
+    from peftcompare.engine import evaluate as eval_mod
+    from peftcompare.engine import models, runtime, train
+    from peftcompare.core.spec import RunSpec
+    from peftcompare.service.store import Store
 
     n_train = (args.warmup + args.steps) * BATCH
     spec = RunSpec(model_name=args.model_name, method="lora", capacity=8, dataset="sst2",
@@ -246,7 +246,7 @@ def main(argv=None) -> dict:
     device = C.pick_device(args.device)
     home = C.tmp_home("bench-train")
     try:
-        from peftcompare import runtime
+        from peftcompare.engine import runtime
 
         if device == "cpu":
             runtime.configure_cpu()  # the same threads and denormal flushing for both sides

@@ -5,7 +5,9 @@ import json
 import pandas as pd
 import streamlit as st
 
-from peftcompare import curves, methods, ui
+from peftcompare.service import curves
+from peftcompare.core import methods, tasks
+from peftcompare.webui import ui
 
 store = ui.store()
 owner = ui.visitor_id()
@@ -107,7 +109,7 @@ view = view.sort_values(by, ascending=asc, na_position="last")
 
 shown = view.assign(date=pd.to_datetime(view["created_at"], unit="s"), capacity=view["capacity"].astype("Int64"),
                     size=view["size_bytes"].map(lambda n: ui.fmt_bytes(n) if n == n and n is not None else None),
-                    metric_name=view["metric_name"].map(lambda m: curves.METRIC_TITLES.get(m, m)))
+                    metric_name=view["metric_name"].map(lambda m: tasks.metric_title(m)))
 st.dataframe(
     shown[["method", "capacity", "seed", "task", "trainable_params", "trainable_pct", "metric_name", "metric",
            "size", "status", "date", "run_id"]],
@@ -166,7 +168,7 @@ adir = store.adapter_path(run["run_id"])
 metric = ui.primary_metric(run["task"])
 
 c1, c2, c3, c3e, c4 = st.columns(5)
-c1.metric(curves.METRIC_TITLES.get(metric, metric), f"{(run.get('metrics') or {}).get(metric, float('nan')):.4f}"
+c1.metric(tasks.metric_title(metric), f"{(run.get('metrics') or {}).get(metric, float('nan')):.4f}"
           if (run.get("metrics") or {}).get(metric) is not None else "—")
 c2.metric("Trainable params", ui.fmt_int(run.get("trainable_params")),
           help=f"of {ui.fmt_int(run.get('total_params'))}")
@@ -210,7 +212,7 @@ with t_epochs:
         ep = pd.DataFrame(run["epochs"])
         st.dataframe(ep, hide_index=True, width="stretch", placeholder="—", key="ad_epochs",
                      column_config={c: st.column_config.NumberColumn(
-                         curves.METRIC_TITLES.get(c, c.replace("_", " ").capitalize()),
+                         tasks.METRIC_TITLES.get(c, c.replace("_", " ").capitalize()),
                          format="%d" if c in ("epoch", "eval_samples") else "%.4f") for c in ep.columns})
     else:
         st.caption("No per-epoch metrics.")

@@ -3,9 +3,11 @@ and each chosen adapter, side by side; or, across the validation set, every colu
 examples where they disagree. One base model is loaded once; adapters attach to it."""
 import streamlit as st
 
-from peftcompare import disagreements as dis
-from peftcompare import public, tasks, ui
-from peftcompare.spec import RunSpec
+from peftcompare.engine import disagreements as dis
+from peftcompare.service import policy as public
+from peftcompare.core import tasks
+from peftcompare.webui import ui
+from peftcompare.core.spec import RunSpec
 
 store = ui.store()
 online = ui.hub_online()
@@ -34,7 +36,7 @@ if "compare_handoff" in st.session_state:  # "Compare these" on the Adapters pag
 
 @st.cache_data(show_spinner="Loading the validation set ...", max_entries=16)
 def validation_examples(spec_json: str) -> list[tuple[str, str]]:
-    from peftcompare import data
+    from peftcompare.engine import data
 
     ui.import_stack()
     spec = RunSpec.from_json(spec_json).resolved()

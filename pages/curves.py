@@ -3,7 +3,9 @@ per method with the spread over seeds, reference rules, the Pareto front; loss c
 import pandas as pd
 import streamlit as st
 
-from peftcompare import analysis, curves, jobs, methods, tasks, ui
+from peftcompare.service import analysis, curves, jobs
+from peftcompare.core import methods, tasks
+from peftcompare.webui import ui
 
 store = ui.store()
 X_OPTIONS = list(curves.X_FIELDS)
@@ -24,7 +26,7 @@ st.title("Curves")
 c1, c2, c3, c4 = st.columns(4)
 c1.selectbox("Task", list(tasks.TASKS), key="cv_task")
 task = tasks.get_task(st.session_state["cv_task"])
-c2.selectbox("Metric", list(task.metrics), key="cv_metric", format_func=lambda m: curves.METRIC_TITLES.get(m, m))
+c2.selectbox("Metric", list(task.metrics), key="cv_metric", format_func=lambda m: tasks.metric_title(m))
 c3.selectbox("x axis", X_OPTIONS, key="cv_x", format_func=curves.X_FIELDS.get)
 c4.selectbox("Spread", list(SPREADS), key="cv_spread", format_func=SPREADS.get)
 metric, x = st.session_state["cv_metric"], st.session_state["cv_x"]
@@ -173,7 +175,7 @@ st.dataframe(table[["method", "capacity", "trainable_params", "mean", "std", "mi
                             "capacity": st.column_config.NumberColumn("Capacity", format="%d"),
                             "trainable_params": st.column_config.NumberColumn("Trainable params",
                                                                               format="localized"),
-                            "mean": st.column_config.NumberColumn(curves.METRIC_TITLES.get(metric, metric),
+                            "mean": st.column_config.NumberColumn(tasks.metric_title(metric),
                                                                   format="%.4f", help="Mean over seeds"),
                             "std": st.column_config.NumberColumn("Std", format="%.4f"),
                             "min": st.column_config.NumberColumn("Min", format="%.4f"),

@@ -1,7 +1,8 @@
 """Home: what the app does, the machine, the Hub, the store and the queue."""
 import streamlit as st
 
-from peftcompare import runtime, ui
+from peftcompare.engine import runtime
+from peftcompare.webui import ui
 
 store = ui.store()
 online = ui.hub_online()

@@ -3,7 +3,9 @@ table and its per-epoch curves across methods."""
 import pandas as pd
 import streamlit as st
 
-from peftcompare import analysis, curves, jobs, methods, presets, public, tasks, ui
+from peftcompare.service import analysis, curves, jobs, presets, policy as public
+from peftcompare.core import methods, tasks
+from peftcompare.webui import ui
 
 store = ui.store()
 owner = ui.visitor_id()
@@ -133,7 +135,7 @@ for (model_name, dataset), part in df.groupby(["model_name", "dataset"]):
     st.markdown(f"#### {model_name} · {dataset}")
     table = analysis.method_table(part, metric)
     if not table.empty:
-        shown, labels = presets.method_table_display(table, curves.METRIC_TITLES.get(metric, metric))
+        shown, labels = presets.method_table_display(table, tasks.metric_title(metric))
         config = {c: (st.column_config.TextColumn(labels[c]) if presets.METHOD_TABLE_COLUMNS[c][1] is None else
                       st.column_config.NumberColumn(labels[c], format=presets.METHOD_TABLE_COLUMNS[c][1]))
                   for c in shown.columns}

@@ -5,9 +5,12 @@ import time
 import pandas as pd
 import streamlit as st
 
-from peftcompare import curves, jobs, methods, preflight, public, tasks, ui
-from peftcompare.spec import OFFLINE_RECIPE, PRECISIONS, RunSpec, field_help, spec_fields
-from peftcompare.store import ACTIVE
+from peftcompare.service import curves, jobs, policy as public
+from peftcompare.core import methods, tasks
+from peftcompare.engine import preflight
+from peftcompare.webui import ui
+from peftcompare.core.spec import OFFLINE_RECIPE, PRECISIONS, RunSpec, field_help, spec_fields
+from peftcompare.service.store import ACTIVE
 
 store = ui.store()
 online = ui.hub_online()
@@ -363,7 +366,7 @@ if specs:
             heavy = [r["_warning"] for r in rows if r["_warning"]]
             if heavy:
                 st.warning("  \n".join(heavy), icon=":material/warning:")
-        elif specs[0].method == "zero_shot":
+        elif not methods.get_method(specs[0].method).trains:
             st.caption("Zero-shot trains nothing: it evaluates the untouched model.")
 
 

@@ -12,9 +12,9 @@ import os
 import sys
 from pathlib import Path
 
-from . import methods, tasks
-from .preflight import preflight, preflight_all
-from .spec import RunSpec, spec_fields, with_offline_recipe
+from peftcompare.core import methods, tasks
+from peftcompare.engine.preflight import preflight, preflight_all
+from peftcompare.core.spec import RunSpec, spec_fields, with_offline_recipe
 
 EXIT_USAGE = 2
 
@@ -67,14 +67,14 @@ def _spec_from_args(args, **overrides) -> RunSpec:
 
 
 def _store(args):
-    from .store import Store
+    from peftcompare.service.store import Store
 
     return Store(args.home)
 
 
 # -- commands -------------------------------------------------------------------------------------------
 def cmd_train(args) -> int:
-    from . import train as train_mod
+    from peftcompare.engine import train as train_mod
 
     store = _store(args)
     if args.run_id:  # started by the queue worker: the record exists already
@@ -89,7 +89,7 @@ def cmd_train(args) -> int:
         spec = run["spec"]
         run_id = args.run_id
     else:
-        spec = preflight(_spec_from_args(args, **({"method": "zero_shot"} if args.command == "zero-shot" else {})))
+        spec = preflight(_spec_from_args(args, **({"method": methods.BASELINE} if args.command == "zero-shot" else {})))
         run_id = _create_running(store, spec)
     return train_mod.execute(spec, store, run_id, progress=_progress_bar(spec.label()))
 
@@ -144,8 +144,8 @@ class _TerminalBar:
 
 
 def cmd_params(args) -> int:
-    from . import models
-    from .train import prepare_model
+    from peftcompare.engine import models
+    from peftcompare.engine.train import prepare_model
 
     spec = _spec_from_args(args).resolved()
     models.check_model_name(spec.model_name)
@@ -166,16 +166,16 @@ def sweep_specs(base: RunSpec, method_names: list[str], lora_ranks: list[int], v
                 zero_shot: bool = True) -> list[RunSpec]:
     specs = []
     if zero_shot:
-        specs.append(base.replace(method="zero_shot", seed=seeds[0]))
+        specs.append(base.replace(method=methods.BASELINE, seed=seeds[0]))
     for name in method_names:
         m = methods.get_method(name)
         if not m.trains:
             continue
         if capacities and name in capacities:
             caps = capacities[name]
-        elif name in ("lora", "adalora"):
+        elif m.sweep_knob == methods.KNOB_RANK:
             caps = lora_ranks
-        elif name in ("prompt", "prefix", "ptuning"):
+        elif m.sweep_knob == methods.KNOB_TOKENS:
             caps = virtual_tokens
         elif m.capacity_name:
             caps = list(m.capacities)
@@ -187,7 +187,8 @@ def sweep_specs(base: RunSpec, method_names: list[str], lora_ranks: list[int], v
 
 
 def cmd_sweep(args) -> int:
-    from . import jobs, train as train_mod
+    from peftcompare.service import jobs
+    from peftcompare.engine import train as train_mod
 
     base = _spec_from_args(args, method="lora")
     for name in args.methods:
@@ -213,7 +214,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_results(args) -> int:
-    from . import analysis
+    from peftcompare.service import analysis
 
     df = analysis.load_df(_store(args), task=args.task)
     if args.format == "csv":
@@ -242,14 +243,14 @@ def cmd_results(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from . import analysis, plotting
+    from peftcompare.service import analysis, plotting
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     df = analysis.load_df(_store(args))
     df.to_csv(out / "results.csv", index=False)
     written = [out / "results.csv"]
-    for task in ("classification", "summarization"):
+    for task in tasks.task_names():
         path = out / f"curve_{task}.png"
         plotting.curve_png(df, task, tasks.get_task(task).metric, path, x=args.x)
         written.append(path)
@@ -259,7 +260,7 @@ def cmd_plot(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from . import infer
+    from peftcompare.engine import compare as infer
 
     engine = infer.CompareEngine(_store(args))
     text = args.text if args.text is not None else sys.stdin.read()
@@ -274,7 +275,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_disagreements(args) -> int:
-    from . import disagreements, infer
+    from peftcompare.engine import disagreements, compare as infer
 
     if args.csv and not Path(args.csv).expanduser().resolve().parent.is_dir():
         raise UserError(f"csv: the folder of {args.csv} does not exist")
@@ -308,13 +309,13 @@ def _answers_bar():
 
 
 def cmd_worker(args) -> int:
-    from . import jobs
+    from peftcompare.service import jobs
 
     return jobs.run_worker(_store(args), idle_exit=args.idle_exit)
 
 
 def cmd_enqueue(args) -> int:
-    from . import jobs
+    from peftcompare.service import jobs
 
     store = _store(args)
     out = jobs.submit(store, [_spec_from_args(args)])  # the queue's one policy: limits, duplicates, preflight
@@ -343,7 +344,7 @@ def cmd_delete(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from . import bundle
+    from peftcompare.service import bundle
 
     store = _store(args)
     run_ids = args.run_ids or ([r["run_id"] for r in store.list_runs(status=("completed",))] if args.all else [])
@@ -354,7 +355,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from . import bundle
+    from peftcompare.service import bundle
 
     for run_id in bundle.import_bundle(_store(args), args.bundle, overwrite=args.overwrite):
         print(f"imported {run_id}")
@@ -362,7 +363,7 @@ def cmd_import(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from . import integrity
+    from peftcompare.service import integrity
 
     problems = integrity.check(_store(args), fix=args.fix)
     if args.json:
@@ -376,7 +377,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_versions(args) -> int:
-    from . import runtime
+    from peftcompare.engine import runtime
 
     for name, version in runtime.versions().items():
         print(f"{name} {version}")
@@ -384,7 +385,8 @@ def cmd_versions(args) -> int:
 
 
 def cmd_preset(args) -> int:
-    from . import jobs, models, presets, train as train_mod
+    from peftcompare.service import jobs, presets
+    from peftcompare.engine import models, train as train_mod
 
     p = presets.get_preset(args.name)
     offline = args.offline
@@ -483,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("run_ids", nargs="+")
     d = cmd("delete", cmd_delete, "Delete finished runs and their adapters.")
     d.add_argument("run_ids", nargs="+")
-    from .presets import PRESETS
+    from peftcompare.service.presets import PRESETS
 
     pr = cmd("preset", cmd_preset, "Run (or --enqueue) every run of a reference experiment.")
     pr.add_argument("name", choices=list(PRESETS), help="The preset.")

@@ -12,8 +12,8 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from peftcompare.methods import INSTRUCTIONS  # noqa: E402
-from peftcompare.tasks import DATASETS  # noqa: E402
+from peftcompare.core.tasks import TASKS  # noqa: E402
+from peftcompare.core.tasks import DATASETS  # noqa: E402
 
 VOCAB_SIZE = 2048
 
@@ -24,7 +24,7 @@ def corpus():
             for value in json.loads(line).values():
                 if isinstance(value, str):
                     yield value
-    yield from INSTRUCTIONS.values()
+    yield from (t.instruction for t in TASKS.values())
     for ds in DATASETS.values():
         yield ds.prompt_template.replace("{text}", "")
         yield from ds.label_names

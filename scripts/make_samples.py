@@ -15,8 +15,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from peftcompare import synth  # noqa: E402
-from peftcompare.tasks import SAMPLES_DIR  # noqa: E402
+from peftcompare.engine import synth  # noqa: E402
+from peftcompare.core.tasks import SAMPLES_DIR  # noqa: E402
 
 
 def render(rows: list[dict]) -> str:

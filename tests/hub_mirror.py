@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from peftcompare import procs
+from peftcompare.service import procs
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "peftcompare" / "samples"
@@ -82,9 +82,9 @@ def write_model_repo(root: Path) -> int:
     import torch
     from transformers import T5Config, T5ForConditionalGeneration
 
-    from peftcompare import families, models
+    from peftcompare.engine import builtin, families, models
 
-    config = flan_t5_config(len(models.builtin_tokenizer()))
+    config = flan_t5_config(len(builtin.tokenizer()))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = T5ForConditionalGeneration(T5Config(**config))
@@ -96,7 +96,7 @@ def write_model_repo(root: Path) -> int:
     (root / "generation_config.json").write_text(json.dumps(
         {"decoder_start_token_id": 0, "eos_token_id": 1, "pad_token_id": 0, "transformers_version": "4.27.0"}))
     for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(models.TOKENIZER_DIR / name, root / name)
+        shutil.copy(builtin.TOKENIZER_DIR / name, root / name)
     (root / "special_tokens_map.json").write_text(json.dumps(
         {"eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}))
     (root / "README.md").write_text("---\nlicense: apache-2.0\nlanguage: en\n---\n# flan-t5-small (test mirror)\n"

@@ -6,9 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from peftcompare import train as train_mod
-from peftcompare.spec import RunSpec
-from peftcompare.store import Store
+from peftcompare.engine import train as train_mod
+from peftcompare.core.spec import RunSpec
+from peftcompare.service.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "peftcompare" / "samples"

@@ -8,8 +8,8 @@ import zipfile
 from streamlit.testing.v1 import AppTest
 
 from conftest import APP, wait_for
-from peftcompare import ui
-from peftcompare.store import Store
+from peftcompare.webui import ui
+from peftcompare.service.store import Store
 
 
 def texts(at) -> str:

@@ -4,9 +4,11 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from peftcompare import analysis, curves, methods, tasks, ui
-from peftcompare.spec import RunSpec
-from peftcompare.store import Store
+from peftcompare.service import analysis, curves
+from peftcompare.core import methods, tasks
+from peftcompare.webui import ui
+from peftcompare.core.spec import RunSpec
+from peftcompare.service.store import Store
 
 
 def agg_frame() -> pd.DataFrame:

@@ -5,7 +5,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import APP
-from peftcompare.store import Store
+from peftcompare.service.store import Store
 
 PAGES = ["pages/home.py", "pages/train.py", "pages/adapters.py", "pages/compare.py", "pages/curves.py"]
 

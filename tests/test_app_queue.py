@@ -7,9 +7,9 @@ import time
 from streamlit.testing.v1 import AppTest
 
 from conftest import APP, wait_for
-from peftcompare import jobs
-from peftcompare.spec import RunSpec
-from peftcompare.store import Store
+from peftcompare.service import jobs
+from peftcompare.core.spec import RunSpec
+from peftcompare.service.store import Store
 
 LONG = RunSpec(model_name="builtin:tiny-t5", method="lora", capacity=4, train_samples=180, eval_samples=8,
                num_train_epochs=200, per_device_train_batch_size=4)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, stop_processes, wait_for
-from peftcompare import procs
-from peftcompare.store import Store
+from peftcompare.service import procs
+from peftcompare.service.store import Store
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -9,8 +9,8 @@ import pytest
 
 from conftest import stop_processes
 from pipeline_helpers import run_in_process, tiny_spec
-from peftcompare import analysis, presets
-from peftcompare.store import Store
+from peftcompare.service import analysis, presets
+from peftcompare.service.store import Store
 from test_browser import CHROMIUM, SHOTS, free_port, goto_page, launch, start_app, stop_app
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")

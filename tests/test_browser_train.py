@@ -16,9 +16,9 @@ import uuid
 import pytest
 
 from conftest import REPO, stop_processes, wait_for
-from peftcompare import jobs
-from peftcompare.spec import RunSpec
-from peftcompare.store import Store
+from peftcompare.service import jobs
+from peftcompare.core.spec import RunSpec
+from peftcompare.service.store import Store
 from test_browser import CHROMIUM, SHOTS, free_port, goto_page, launch, start_app, stop_app
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")

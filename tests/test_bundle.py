@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from peftcompare import bundle, cli, integrity
-from peftcompare.store import Store
+from peftcompare.service import bundle, integrity
+from peftcompare import cli
+from peftcompare.service.store import Store
 
 TRAIN = ["--model_name", "builtin:tiny-t5", "--method", "lora", "--capacity", "4", "--num_train_epochs", "1",
          "--train_samples", "16", "--eval_samples", "8", "--per_device_train_batch_size", "8"]
@@ -69,7 +70,7 @@ def test_roundtrip_keeps_records_steps_and_adapters(source, tmp_path, capsys):
         assert (dst.adapter_path(lora) / f.name).read_bytes() == f.read_bytes()
     assert integrity.check(dst) == [] and integrity.check(src) == []
 
-    from peftcompare.infer import CompareEngine  # the imported adapter really works
+    from peftcompare.engine.compare import CompareEngine  # the imported adapter really works
 
     result = CompareEngine(dst).compare("a warm and funny film", [lora])
     assert [c["key"] for c in result["columns"]] == ["__base__", lora]

@@ -115,15 +115,15 @@ def test_queue_and_sweep_refuse_with_the_same_preflight(tmp_path, verb):
 
 
 def test_a_bad_run_in_the_middle_of_a_grid_leaves_nothing_queued(tmp_path):
-    from peftcompare.preflight import preflight_all
-    from peftcompare.spec import RunSpec
-    from peftcompare.store import Store
+    from peftcompare.engine.preflight import preflight_all
+    from peftcompare.core.spec import RunSpec
+    from peftcompare.service.store import Store
 
     store = Store(tmp_path)
     good = RunSpec(model_name="builtin:tiny-t5", method="lora", capacity=4)
     with pytest.raises(ValueError, match="no module named 'zz'"):
         preflight_all([good, good.replace(target_modules="zz"), good.replace(capacity=8)])
-    from peftcompare import jobs
+    from peftcompare.service import jobs
 
     with pytest.raises(ValueError, match="fp16 needs a GPU"):
         jobs.enqueue(store, good.replace(precision="fp16"))

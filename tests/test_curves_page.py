@@ -12,8 +12,9 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import APP, wait_for
 from pipeline_helpers import run_in_process, tiny_spec
-from peftcompare import analysis, curves, methods, plotting
-from peftcompare.store import Store
+from peftcompare.service import analysis, curves, plotting
+from peftcompare.core import methods
+from peftcompare.service.store import Store
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -44,7 +45,7 @@ def colour_map(encoding: dict) -> dict[str, str]:
     return dict(zip(scale["domain"], scale["range"]))
 
 
-TITLE_COLOURS = {methods.get_method(m).title: c for m, c in curves.METHOD_COLORS.items()}
+TITLE_COLOURS = {methods.get_method(m).title: c for m, c in curves.method_colors().items()}
 
 
 # -- the Pareto front ----------------------------------------------------------------------------------------
@@ -72,7 +73,7 @@ def test_the_chart_rings_only_points_no_reference_beats():
     (label,) = [lay for lay in spec["layer"] if lay["mark"].get("type") == "text"]
     refs = layer_data(spec, label)
     assert list(refs["ref_label"]) == ["Zero-shot 0.700 (on the front)"]
-    assert list(refs["ref_color"]) == [curves.METHOD_COLORS["zero_shot"]]
+    assert list(refs["ref_color"]) == [curves.method_color("zero_shot")]
     # nothing beats zero-shot: no ring at all
     beaten = agg_of([("zero_shot", 0, 0, 0.90), ("prompt", 10, 640, 0.56), ("lora", 8, 12288, 0.72)])
     spec = chart_layers(curves.efficiency_chart(beaten, "f1"))
@@ -81,7 +82,7 @@ def test_the_chart_rings_only_points_no_reference_beats():
 
 # -- one colour per method -------------------------------------------------------------------------------------
 def test_one_colour_per_method_on_every_chart(tmp_path):
-    assert len(set(curves.METHOD_COLORS.values())) == len(curves.METHOD_COLORS) == len(methods.METHODS)
+    assert len(set(curves.method_colors().values())) == len(curves.method_colors()) == len(methods.METHODS)
     agg = agg_of([("zero_shot", 0, 0, 0.5), ("prompt", 10, 640, 0.56), ("lora", 8, 12288, 0.72),
                   ("ia3", 0, 900, 0.6)])
     eff = chart_layers(curves.efficiency_chart(agg, "f1"))
@@ -102,8 +103,8 @@ def test_one_colour_per_method_on_every_chart(tmp_path):
 
     fig = plotting.curve_figure(df, "classification", "f1", x="trainable_params")
     lines = {ln.get_label().split(" (")[0].split(":")[0]: mcolors.to_hex(ln.get_color()) for ln in fig.axes[0].lines}
-    assert lines == {"LoRA": curves.METHOD_COLORS["lora"], "Prompt-Tuning": curves.METHOD_COLORS["prompt"],
-                     "Zero-shot": curves.METHOD_COLORS["zero_shot"]}
+    assert lines == {"LoRA": curves.method_color("lora"), "Prompt-Tuning": curves.method_color("prompt"),
+                     "Zero-shot": curves.method_color("zero_shot")}
     plotting.curve_png(df, "classification", "f1", tmp_path / "c.png", x="trainable_params")
     assert (tmp_path / "c.png").stat().st_size > 5000
 

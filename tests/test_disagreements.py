@@ -12,11 +12,12 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import APP, stop_processes
-from peftcompare import data as data_mod
-from peftcompare import disagreements as dis
-from peftcompare import evaluate as eval_mod
-from peftcompare import infer
-from peftcompare.store import Store
+from peftcompare.engine import adapters
+from peftcompare.engine import data as data_mod
+from peftcompare.engine import disagreements as dis
+from peftcompare.engine import evaluate as eval_mod
+from peftcompare.engine import compare as infer
+from peftcompare.service.store import Store
 from pipeline_helpers import cli, run_in_process, tiny_spec
 
 EVAL = 24  # the runs' eval set: the first 24 validation examples
@@ -115,14 +116,14 @@ def test_scores_equal_evaluate_on_other_examples(lab, engine):
     """N below the eval set: the column is what evaluate.evaluate gives for the adapter on those examples."""
     store, ids, _ = lab
     result = dis.find(engine, [ids["lora4"]], 10, use_cache=False)
-    rec = infer.read_adapter(store.adapter_path(ids["lora4"]))
+    rec = adapters.read_adapter(store.adapter_path(ids["lora4"]))
     spec = rec["_spec"]
-    from peftcompare.models import load_model
+    from peftcompare.engine.models import load_model
 
     loaded = load_model(spec.model_name)
     examples = data_mod.load_task_data(spec.replace(eval_samples=10)).validation
     feats = data_mod.tokenized(spec, loaded.family, loaded.tokenizer, examples, with_targets=False)
-    want = eval_mod.evaluate(infer.load_adapter_model(store.adapter_path(ids["lora4"])), loaded.family,
+    want = eval_mod.evaluate(adapters.load_adapter_model(store.adapter_path(ids["lora4"])), loaded.family,
                              loaded.tokenizer, spec, examples, feats, rec["label_words"])
     got = result["columns"][1]["scores"]
     assert got["accuracy"] == pytest.approx(want["accuracy"]) and got["f1"] == pytest.approx(want["f1"])
@@ -135,7 +136,7 @@ def test_every_path_over_many_texts(lab, engine):
     of the engine; the other methods' scores are their runs' recorded metrics too."""
     store, ids, runs = lab
     names = ["lora4", "lora8", "prompt", "ia3", "prefix", "bitfit"]
-    spec = infer.read_adapter(store.adapter_path(ids["lora4"]))["_spec"]
+    spec = adapters.read_adapter(store.adapter_path(ids["lora4"]))["_spec"]
     texts = [t for t, _ in dis.validation_examples(spec)[:5]]
     many = engine.compare_many(texts, [ids[n] for n in names], rows_per_batch=14)  # 2 texts per LoRA batch
     for i, text in enumerate(texts):
@@ -204,7 +205,7 @@ def test_second_call_reads_the_cache(lab, engine, monkeypatch):
     assert not dis.find(engine, runs, 12)["cached"] and len(calls) == 2
     assert dis.lookup(fresh, runs, 12)["key"] == first["key"]  # rewritten
     # N is capped by the set's size, so 10**6 and the size are one key
-    size = len(dis.validation_examples(infer.read_adapter(store.adapter_path(runs[0]))["_spec"]))
+    size = len(dis.validation_examples(adapters.read_adapter(store.adapter_path(runs[0]))["_spec"]))
     assert dis.prepare(fresh, runs, 10**6)["key"] == dis.prepare(fresh, runs, size)["key"]
     with pytest.raises(ValueError, match="n: choose at least one"):
         dis.prepare(fresh, runs, 0)
@@ -282,7 +283,7 @@ def test_compare_page_across_the_validation_set(lab, monkeypatch):
     for k, v in {"PEFTCOMPARE_HOME": str(store.home), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("PEFTCOMPARE_PUBLIC", raising=False)
-    size = len(dis.validation_examples(infer.read_adapter(store.adapter_path(ids["lora4"]))["_spec"]))
+    size = len(dis.validation_examples(adapters.read_adapter(store.adapter_path(ids["lora4"]))["_spec"]))
     try:
         at = AppTest.from_file(str(APP), default_timeout=120).run()
         at.switch_page("pages/compare.py").run()

@@ -13,8 +13,9 @@ import sys
 
 import pytest
 
-from peftcompare import infer
-from peftcompare.store import Store
+from peftcompare.engine import adapters
+from peftcompare.engine import compare as infer
+from peftcompare.service.store import Store
 
 ARGS = ["train", "--model_name", "builtin:tiny-t5", "--method", "lora", "--capacity", "4", "--num_train_epochs",
         "1", "--train_samples", "32", "--eval_samples", "8", "--per_device_train_batch_size", "8", "--seed", "3"]
@@ -62,7 +63,7 @@ def test_two_processes_write_one_data_parallel_record(launched):
 def test_data_parallel_adapter_loads_and_answers(launched):
     store, _ = launched
     run = store.list_runs()[0]
-    rec = infer.read_adapter(store.adapter_path(run["run_id"]))
+    rec = adapters.read_adapter(store.adapter_path(run["run_id"]))
     assert rec["fast_paths"]["world_size"] == 2
     out = infer.CompareEngine(store, device="cpu", precision="fp32").compare("a fine film", [run["run_id"]])
     assert {c["key"] for c in out["columns"]} == {infer.BASE, run["run_id"]}

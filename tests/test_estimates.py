@@ -3,9 +3,10 @@ model and data load, training, an evaluation pass per epoch, saving) is measured
 bigger run made from its measured parts lands within 30 % of that run's wall time."""
 from __future__ import annotations
 
-from peftcompare import jobs, ui
-from peftcompare.spec import RunSpec
-from peftcompare.store import Store
+from peftcompare.service import jobs
+from peftcompare.webui import ui
+from peftcompare.core.spec import RunSpec
+from peftcompare.service.store import Store
 
 FIRST = RunSpec(model_name="builtin:tiny-t5", method="lora", capacity=4, train_samples=128, eval_samples=48,
                 num_train_epochs=2, per_device_train_batch_size=8, learning_rate=1e-2, seed=1)

@@ -7,10 +7,10 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from peftcompare import families, models, train  # noqa: E402
-from peftcompare.families import IGNORE_INDEX  # noqa: E402
-from peftcompare.spec import RunSpec  # noqa: E402
-from peftcompare.store import Store  # noqa: E402
+from peftcompare.engine import builtin, families, models, train  # noqa: E402
+from peftcompare.engine.families import IGNORE_INDEX  # noqa: E402
+from peftcompare.core.spec import RunSpec  # noqa: E402
+from peftcompare.service.store import Store  # noqa: E402
 
 TINY = {"builtin:tiny-t5": "seq2seq", "builtin:tiny-bart": "seq2seq", "builtin:tiny-gpt2": "causal",
         "builtin:tiny-bert": "encoder"}
@@ -23,7 +23,7 @@ def test_builtins_load_deterministically(name, family):
     assert name in models.builtin_names()
     for (n, p), (_, q) in zip(a.model.named_parameters(), b.model.named_parameters()):
         assert torch.equal(p, q), n
-    assert models.load_model(name).model.config.vocab_size == len(models.builtin_tokenizer())
+    assert models.load_model(name).model.config.vocab_size == len(builtin.tokenizer())
 
 
 @pytest.mark.parametrize("name, total", [("builtin:random-gpt2", 124_439_808),
@@ -110,7 +110,7 @@ def test_causal_generation_excludes_the_prompt_and_ignores_padding(gpt2):
 
 
 def test_causal_pad_token_falls_back_to_eos(gpt2):
-    tok = models.builtin_tokenizer()
+    tok = builtin.tokenizer()
     tok.pad_token = None
     families.family_for_config(gpt2.model.config).prepare_tokenizer(tok, gpt2.model)
     assert tok.pad_token_id == tok.eos_token_id and tok.padding_side == "left"

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from peftcompare import fastops, models, train
-from peftcompare.spec import RunSpec
+from peftcompare.engine import fastops, models, train
+from peftcompare.core.spec import RunSpec
 
 
 def _dropout(p: float) -> nn.Dropout:

@@ -6,11 +6,11 @@ import os
 import pytest
 import torch
 
-from peftcompare import data as data_mod
-from peftcompare import evaluate as eval_mod
-from peftcompare import models, runtime, train
-from peftcompare.spec import RunSpec
-from peftcompare.store import Store
+from peftcompare.engine import data as data_mod
+from peftcompare.engine import evaluate as eval_mod
+from peftcompare.engine import models, runtime, train
+from peftcompare.core.spec import RunSpec
+from peftcompare.service.store import Store
 
 FAST_KEYS = {"threads", "flush_denormal", "gomp_spincount", "precision", "dynamic_padding",
              "length_grouped_batches", "label_scoring", "tokenization_cache", "sorted_generation_kv_cache",

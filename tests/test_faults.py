@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from peftcompare import integrity, jobs
-from peftcompare.spec import RunSpec
-from peftcompare.store import Store
+from peftcompare.service import integrity, jobs
+from peftcompare.core.spec import RunSpec
+from peftcompare.service.store import Store
 
 BASE = dict(model_name="builtin:tiny-t5", method="lora", capacity=4, num_train_epochs=1, train_samples=16,
             eval_samples=8, per_device_train_batch_size=8)
@@ -27,14 +27,15 @@ WRAPPER = r'''
 import errno, os, pathlib, resource, signal, sys, time
 sys.path.insert(0, os.getcwd())
 fault, args = sys.argv[1], sys.argv[2:]
-from peftcompare.store import Store
+from peftcompare.service.store import Store
 
 if fault == "hung":  # a training process that hangs: deaf to its cancel flag and to SIGTERM
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     Store(args[args.index("--home") + 1]).update(args[args.index("--run_id") + 1], step=1)
     while True:
         time.sleep(1)
-from peftcompare import cli, evaluate, train
+from peftcompare import cli
+from peftcompare.engine import evaluate, train
 
 if fault == "exception":
     def evaluate_boom(*a, **k):

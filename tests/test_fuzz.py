@@ -14,9 +14,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from peftcompare import bundle, cli, data, infer, integrity
-from peftcompare.spec import RunSpec, spec_fields
-from peftcompare.store import Store
+from peftcompare.service import bundle, integrity
+from peftcompare import cli
+from peftcompare.engine import data, compare as infer
+from peftcompare.core.spec import RunSpec, spec_fields
+from peftcompare.service.store import Store
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 FIELDS = [f.name for f in spec_fields()]

@@ -13,8 +13,8 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import APP
 from hub_mirror import MODEL_ID, free_port, hub_mirror  # noqa: F401 - hub_mirror is a fixture
-from peftcompare import runtime
-from peftcompare.store import Store
+from peftcompare.engine import runtime
+from peftcompare.service.store import Store
 
 # a small budget: the point is the loading path, not the metric
 BUDGET = ["--train_samples", "16", "--eval_samples", "4", "--num_train_epochs", "1",

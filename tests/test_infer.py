@@ -7,11 +7,13 @@ import shutil
 import pytest
 import torch
 
-from peftcompare import data as data_mod
-from peftcompare import evaluate as eval_mod
-from peftcompare import infer, methods, train
-from peftcompare.spec import RunSpec
-from peftcompare.store import Store
+from peftcompare.engine import adapters
+from peftcompare.engine import data as data_mod
+from peftcompare.engine import evaluate as eval_mod
+from peftcompare.engine import compare as infer, train
+from peftcompare.core import methods
+from peftcompare.core.spec import RunSpec
+from peftcompare.service.store import Store
 
 TEXT = "a warm , funny and surprisingly moving film"
 DIALOGUE = "Anna: are we still on for lunch?\nBen: yes, 12:30 at the usual place.\nAnna: great, see you!"
@@ -46,10 +48,10 @@ def engine(trained):
 
 def _alone(store, run_id, text):
     """The adapter evaluated by itself: a fresh base model with only this adapter applied."""
-    rec = infer.read_adapter(store.adapter_path(run_id))
+    rec = adapters.read_adapter(store.adapter_path(run_id))
     spec = rec["_spec"]
-    model = infer.load_adapter_model(store.adapter_path(run_id)).eval()
-    from peftcompare.models import load_model
+    model = adapters.load_adapter_model(store.adapter_path(run_id)).eval()
+    from peftcompare.engine.models import load_model
 
     loaded = load_model(spec.model_name)
     feats = loaded.family.encode_inputs([data_mod.render(spec.prompt_template, text)], loaded.tokenizer,

@@ -8,11 +8,13 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from peftcompare import data as data_mod  # noqa: E402
-from peftcompare import evaluate as eval_mod  # noqa: E402
-from peftcompare import families, infer, methods, models, runtime, train  # noqa: E402
-from peftcompare.spec import RunSpec  # noqa: E402
-from peftcompare.store import Store  # noqa: E402
+from peftcompare.engine import adapters
+from peftcompare.engine import data as data_mod  # noqa: E402
+from peftcompare.engine import evaluate as eval_mod  # noqa: E402
+from peftcompare.engine import families, compare as infer, models, runtime, train
+from peftcompare.core import methods  # noqa: E402
+from peftcompare.core.spec import RunSpec  # noqa: E402
+from peftcompare.service.store import Store  # noqa: E402
 
 # PEFT warns that AdaLoRA's saved rank_pattern keys match no module on reload; it resizes by them anyway
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -186,7 +188,7 @@ def test_trains_and_reloads(store, zero_shot, model_name, method):
     assert os.path.isdir(run["adapter_dir"])
     stored = run["metrics"]["mean_probability"]
     # the adapter alone, reloaded from disk onto a fresh base, gives the same scores
-    reloaded = infer.load_adapter_model(run["adapter_dir"])
+    reloaded = adapters.load_adapter_model(run["adapter_dir"])
     again = _rescore(reloaded, spec)["mean_probability"]
     assert math.isclose(again, stored, rel_tol=1e-4, abs_tol=1e-6)
     # and training changed something: the scores are not the zero-shot model's

@@ -12,8 +12,8 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import APP
 from pipeline_helpers import cli, run_in_process, tiny_spec
-from peftcompare import ui
-from peftcompare.store import Store
+from peftcompare.webui import ui
+from peftcompare.service.store import Store
 
 LONG_LINE = "ValueError: " + "a very long message from deep inside the trainer " * 10
 

@@ -14,9 +14,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from peftcompare import cli, presets, pretrain, synth  # noqa: E402
-from peftcompare.spec import (OFFLINE_RECIPE, OFFLINE_SWEEP, TINY_RECIPES, RunSpec, offline_recipe,  # noqa: E402
-                              spec_fields)
+from peftcompare import cli
+from peftcompare.service import presets
+from peftcompare.engine import pretrain, synth  # noqa: E402
+from peftcompare.core.spec import OFFLINE_RECIPE, OFFLINE_SWEEP, TINY_RECIPES, RunSpec, offline_recipe, spec_fields
 from pipeline_helpers import ROOT, SAMPLES, run_in_process  # noqa: E402
 
 TINY = sorted(TINY_RECIPES)
@@ -199,9 +200,9 @@ def test_pretraining_is_deterministic_and_cached_once_under_concurrent_first_use
     cached = load_file(str(files[0]))
     again = pretrain.build("tiny-t5", steps=3)
     assert cached.keys() == again.keys() and all(torch.equal(cached[k], again[k]) for k in cached)
-    from peftcompare import models
+    from peftcompare.engine import builtin, models
 
-    random = models.random_builtin("tiny-t5").state_dict()
+    random = builtin.random_model("tiny-t5").state_dict()
     assert not any(torch.equal(cached[k], random[k]) for k in cached if "weight" in k)  # three steps moved it
 
 
@@ -210,7 +211,7 @@ def test_lora_with_the_offline_recipe_beats_zero_shot_on_the_bundled_validation_
     """The default offline run, as `train --model_name builtin:tiny-t5 --method lora --capacity 8` builds
     it, through the training entry point, against the zero-shot model it starts from, on all 200
     validation sentences."""
-    from peftcompare.store import Store
+    from peftcompare.service.store import Store
 
     store = Store(tmp_path)
     zero = run_in_process(store, from_cli("zero-shot", "--model_name", "builtin:tiny-t5"))

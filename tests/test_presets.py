@@ -9,9 +9,11 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from peftcompare import analysis, cli, presets, train  # noqa: E402
-from peftcompare.spec import RunSpec  # noqa: E402
-from peftcompare.store import Store  # noqa: E402
+from peftcompare.service import analysis, presets
+from peftcompare import cli
+from peftcompare.engine import train  # noqa: E402
+from peftcompare.core.spec import RunSpec  # noqa: E402
+from peftcompare.service.store import Store  # noqa: E402
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
 ISSUE = {  # the table of issue 5
@@ -43,7 +45,7 @@ def test_presets_match_the_issue():
 def test_hub_specs_differ_only_in_the_model(name, quick):
     """Offline only the model changes, and (outside the quick budget) the tiny model's recipe replaces the
     Hub learning rates and budget (issue 12; tests/test_offline_lesson.py checks the recipe itself)."""
-    from peftcompare.spec import offline_recipe
+    from peftcompare.core.spec import offline_recipe
 
     hub = presets.preset_specs(name, offline=False, quick=quick)
     off = presets.preset_specs(name, offline=True, quick=quick)
@@ -175,7 +177,7 @@ def test_method_table_against_zero_shot_and_full():
 def test_presets_page(ran, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
-    from peftcompare import jobs
+    from peftcompare.service import jobs
 
     monkeypatch.setenv("PEFTCOMPARE_HOME", str(ran.home))
     monkeypatch.delenv("PEFTCOMPARE_PUBLIC", raising=False)
@@ -203,7 +205,7 @@ def test_presets_page(ran, monkeypatch):
 def test_local_files_with_column_mapping_and_template(tmp_path):
     import json
 
-    from peftcompare import data
+    from peftcompare.engine import data
 
     rows = [json.loads(line) for line in (data.tasks.SAMPLES_DIR / "sst2_train.jsonl").read_text().splitlines()]
     df = pd.DataFrame(rows).rename(columns={"sentence": "review", "label": "sentiment"})

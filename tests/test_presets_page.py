@@ -10,8 +10,10 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import APP
-from peftcompare import curves, jobs, methods, presets, train
-from peftcompare.store import Store
+from peftcompare.service import curves, jobs, presets
+from peftcompare.core import methods
+from peftcompare.engine import train
+from peftcompare.service.store import Store
 
 LONG_LINE = "RuntimeError: " + "the tiny model ran out of patience " * 12
 
@@ -109,7 +111,7 @@ def test_notes_tables_and_colours(bert_home, monkeypatch):
     assert "metric_name" not in shown and "total_params" not in shown
     (chart,) = at.get("vega_lite_chart")
     enc = json.loads(chart.proto.spec)["spec"]["encoding"]
-    titles = {methods.get_method(m).title: c for m, c in curves.METHOD_COLORS.items()}
+    titles = {methods.get_method(m).title: c for m, c in curves.method_colors().items()}
     assert dict(zip(enc["color"]["scale"]["domain"], enc["color"]["scale"]["range"])) == titles
     # a T5 preset keeps its T5 notes
     at.radio(key="ps_name").set_value("flan_t5_capacity").run()

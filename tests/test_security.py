@@ -10,9 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from peftcompare import bundle, cli, data, infer, integrity, jobs, models, public
-from peftcompare.spec import RunSpec
-from peftcompare.store import Store, check_run_id
+from peftcompare.engine import adapters
+from peftcompare.service import bundle, integrity, jobs, policy as public
+from peftcompare import cli
+from peftcompare.engine import data, compare as infer, models
+from peftcompare.core.spec import RunSpec
+from peftcompare.service.store import Store, check_run_id
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = sorted([*(REPO / "peftcompare").rglob("*.py"), *(REPO / "pages").glob("*.py"), *REPO.glob("app.py")])
@@ -102,7 +105,7 @@ def test_run_ids_never_become_paths_outside_the_store(tmp_path, capsys):
 
 
 def test_uploaded_files_get_generated_names(tmp_path, monkeypatch):
-    ui = pytest.importorskip("peftcompare.ui")  # the app's upload path (needs streamlit)
+    ui = pytest.importorskip("peftcompare.webui.ui")  # the app's upload path (needs streamlit)
 
     store = Store(tmp_path / "home")
     saved = ui.save_upload(store, "../../../evil.csv", b"sentence,label\nfine,1\nbad,0\n")
@@ -139,7 +142,7 @@ def test_uploaded_data_is_never_executed(tmp_path):
 # -- adapters -----------------------------------------------------------------------------------------------
 def test_adapters_with_pickles_are_never_loaded(tmp_path):
     good = fake_adapter(tmp_path / "good")
-    assert infer.read_adapter(good)["run_id"] == "r1"
+    assert adapters.read_adapter(good)["run_id"] == "r1"
     both = fake_adapter(tmp_path / "both")
     (both / "adapter_model.bin").write_bytes(b"\x80\x04cos\nsystem\n.")
     only_bin = fake_adapter(tmp_path / "only_bin")
@@ -150,7 +153,7 @@ def test_adapters_with_pickles_are_never_loaded(tmp_path):
     (linked / "adapter_model.safetensors").symlink_to(good / "adapter_model.safetensors")
     for bad, words in ((both, "pickle"), (only_bin, "adapter_model.safetensors"), (linked, "symbolic link")):
         with pytest.raises(ValueError, match=words):
-            infer.read_adapter(bad)
+            adapters.read_adapter(bad)
         assert integrity.adapter_problems(bad)
 
 

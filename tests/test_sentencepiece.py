@@ -63,7 +63,7 @@ def spiece_t5(tmp_path_factory):
 
 
 def test_load_tokenizer_from_spiece_model_only(spiece_t5):
-    from peftcompare.models import load_tokenizer
+    from peftcompare.engine.models import load_tokenizer
 
     path, vocab = spiece_t5
     tok = load_tokenizer(str(path))
@@ -78,7 +78,7 @@ def test_load_tokenizer_from_spiece_model_only(spiece_t5):
 
 
 def test_cli_trains_the_spiece_checkpoint(spiece_t5, tmp_path):
-    from peftcompare.store import Store
+    from peftcompare.service.store import Store
 
     path, _ = spiece_t5
     home = tmp_path / "home"

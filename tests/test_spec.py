@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from peftcompare.spec import RunSpec, field_help, spec_fields
+from peftcompare.core.spec import RunSpec, field_help, spec_fields
 
 
 def test_reference_defaults():

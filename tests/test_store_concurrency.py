@@ -10,8 +10,8 @@ import sys
 import threading
 from pathlib import Path
 
-from peftcompare.spec import RunSpec
-from peftcompare.store import _COLUMNS, _MIGRATIONS, SCHEMA_VERSION, Store
+from peftcompare.core.spec import RunSpec
+from peftcompare.service.store import _COLUMNS, _MIGRATIONS, SCHEMA_VERSION, Store
 
 REPO = Path(__file__).resolve().parents[1]
 N_PER_WRITER = 40
@@ -22,8 +22,8 @@ WRITER = r'''
 import json, sys
 if __name__ == "__main__":
     sys.path.insert(0, sys.argv[4])
-from peftcompare.spec import RunSpec
-from peftcompare.store import Store
+from peftcompare.core.spec import RunSpec
+from peftcompare.service.store import Store
 
 def write(home, name, n):
     store = Store(home)
@@ -45,7 +45,7 @@ if __name__ == "__main__":
 CLAIMER = r'''
 import json, os, sys, time
 sys.path.insert(0, sys.argv[3])
-from peftcompare.store import Store
+from peftcompare.service.store import Store
 
 store, claimed, idle = Store(sys.argv[1]), [], 0
 stop_file = sys.argv[2]

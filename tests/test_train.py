@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from peftcompare import data, evaluate, models
-from peftcompare.store import Store
+from peftcompare.engine import data, evaluate, models
+from peftcompare.service.store import Store
 from pipeline_helpers import SAMPLES, run_in_process, tiny_spec
 
 

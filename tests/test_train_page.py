@@ -9,9 +9,10 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import APP
-from peftcompare import jobs, methods
-from peftcompare.spec import OFFLINE_RECIPE, RunSpec
-from peftcompare.store import Store
+from peftcompare.service import jobs
+from peftcompare.core import methods
+from peftcompare.core.spec import OFFLINE_RECIPE, RunSpec
+from peftcompare.service.store import Store
 
 QUICK = RunSpec(**{**OFFLINE_RECIPE, "model_name": "builtin:tiny-t5", "method": "lora", "capacity": 4,  # the form's
                    "train_samples": 16, "eval_samples": 8, "num_train_epochs": 1,  # offline recipe, a quick budget

@@ -1,0 +1,89 @@
+"""What a method is: one `Method` record per method, registered once; the rest of the code asks it.
+
+Every behaviour that used to be a name check elsewhere is an attribute here: how Compare serves the adapter
+(`serve`), which sweep flag sets its grid (`sweep_knob`), the step hook (`on_step`), the notes a record
+carries (`notes`), its role on curves (`role`), what public mode refuses (`heavy`), which spec fields it reads
+(`fields`), its learning rate in presets (`learning_rate`) and its offline grid (`offline_grid`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+# how the Compare engine serves a trained adapter
+SERVE_LORA_BANK = "lora_bank"  # rows of one batch each take their own LoRA A/B (a mixed-adapter batch)
+SERVE_SOFT_PROMPT = "soft_prompt"  # input-embedding prompts: rows take their own virtual tokens
+SERVE_PREFIX = "prefix"  # key/value prefixes: one pass per adapter through PEFT's prefix model
+SERVE_PEFT = "peft"  # any other PEFT adapter: loaded onto the base model for its pass, unloaded after
+SERVE_SWAP = "swap"  # a method without a PEFT config: its trained weights swapped into the base model
+SERVE_NONE = "none"  # the base model itself (zero-shot)
+
+# which sweep flag sets a method's capacities (the CLI's --lora_ranks / --virtual_tokens, the sweep form)
+KNOB_RANK = "rank"
+KNOB_TOKENS = "tokens"
+
+# a method's role on curves and tables
+ROLE_BASELINE = "baseline"  # trains nothing: the base model (a horizontal reference line)
+ROLE_FULL = "full"  # every weight trains: the reference the adapters are measured against (a line too)
+ROLE_ADAPTER = "adapter"  # a parameter-efficient method: a curve over its capacity
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    title: str
+    capacity_name: str | None = None  # None: the method has no capacity knob
+    capacities: tuple[int, ...] = ()  # the reference grid
+    max_capacity: int = 4096
+    # (spec, model, tokenizer, family, total_steps) -> PeftConfig: the adapter is saved with save_pretrained
+    make_config: Callable[..., Any] | None = None
+    # (spec, model, family) -> None: methods that freeze/unfreeze parts of the base model themselves
+    prepare: Callable[..., None] | None = None
+    role: str = ROLE_ADAPTER
+    serve: str = ""  # SERVE_*; "" takes SERVE_PEFT for a PEFT config, SERVE_SWAP for `prepare`
+    sweep_knob: str | None = None
+    # (peft_model, step) -> None, after every optimizer step (AdaLoRA's rank allocator)
+    on_step: Callable[[Any, int], None] | None = None
+    # (spec, loaded) -> notes a reader of the record must know about how the method met this model
+    notes: Callable[..., list[str]] | None = None
+    note: str = ""  # shown beside the method in the app where it applies
+    note_families: tuple[str, ...] = ()  # model families (guessed from the name) the note is about; () = all
+    fields: tuple[str, ...] = ()  # method settings of the spec it reads (lora_alpha, target_modules, ...)
+    heavy: bool = False  # holds every weight and its optimizer state (refused on a shared public instance)
+    learning_rate: float = 5e-4  # what presets train it at (full fine-tuning slower, soft prompts faster)
+    offline_grid: tuple[int, ...] = ()  # the capacities the app proposes offline on the tiny models
+    tiny_recipe: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> fields that differ there
+    color: str = ""  # THE colour of the method on every chart (curves, loss overlays, presets, PNGs)
+    help: str = ""
+
+    @property
+    def trains(self) -> bool:
+        return self.role != ROLE_BASELINE
+
+    @property
+    def reference_line(self) -> bool:
+        """Drawn as a horizontal reference on curves (zero-shot, full fine-tuning), not as a curve."""
+        return self.role in (ROLE_BASELINE, ROLE_FULL)
+
+    @property
+    def uses_target_modules(self) -> bool:
+        """Reads spec.target_modules (checked against the model's module names in preflight)."""
+        return "target_modules" in self.fields
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_method(method: Method) -> Method:
+    if method.name in METHODS:
+        raise ValueError(f"method {method.name!r} is registered twice")
+    if (method.make_config is None) == (method.prepare is None) and method.trains:
+        raise ValueError(f"method {method.name!r}: give exactly one of make_config and prepare")
+    if not method.serve:
+        method = replace(method, serve=SERVE_PEFT if method.make_config is not None else SERVE_SWAP)
+    METHODS[method.name] = method
+    return method
+
+
+def target_names(spec) -> list[str]:
+    return [t.strip() for t in spec.target_modules.split(",") if t.strip()]

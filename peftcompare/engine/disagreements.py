@@ -1,0 +1,295 @@
+"""Where zero-shot and the adapters disagree, across the validation set.
+
+find() runs the untouched base model and the chosen adapters over the first N validation examples through
+CompareEngine.compare_many (the engine's batched paths, one base model), scores every column with the
+metrics evaluation uses (accuracy and F1, or ROUGE), and ranks the examples where the columns disagree
+(rank_disagreements, a pure function of the per-example answers).
+
+Results are cached on disk in the store's results/cache/disagreements/, one JSON file per key: a hash of
+the columns' run ids and their adapter files (sizes, mtimes, checksums of the small ones), the examples'
+fingerprint, N, task, base model, precision and device. A re-imported or retrained adapter, another data
+set or another N is a new key; reopening the same comparison reads the file instead of running the model.
+Importing this module does not import torch (the Compare page imports it before it needs the model).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import time
+from pathlib import Path
+
+from peftcompare.engine import data as data_mod
+from peftcompare.core import tasks
+from peftcompare.core.spec import RunSpec
+
+DEFAULT_N = 200
+CACHE_VERSION = 1
+CACHE_SUBDIR = "disagreements"
+MAX_CACHE_FILES = 200  # the oldest files beyond this are removed when a new one is written
+HASHED_FILE_BYTES = 16 * 2**20  # adapter files up to this size are hashed; larger ones by size and mtime
+BASE_NAME = "zero-shot"  # the zero-shot column's name in CSV headers (adapters: their run id)
+
+
+# -- the pure part: which examples disagree, and how much --------------------------------------------------
+def disagreement(task: str, outputs: list[list[str]], distributions: list[list[list[float]]] | None = None,
+                 rouge_l: list[list[float]] | None = None) -> list[dict]:
+    """Per example i, {"disagree": bool, "gap": float}, from outputs[c][i] (column c's answer to example i).
+
+    classification: the columns' labels differ; gap = the largest spread, across columns, of one label's
+    probability (max over labels of max_c p_c(label) - min_c p_c(label); distributions[c][i] is column c's
+    probability of every label). summarization: the summaries differ (whitespace aside); gap = the spread of
+    their ROUGE-L against the reference (max - min over columns; rouge_l[c][i])."""
+    if task not in tasks.TASKS:
+        raise ValueError(f"task: unknown task {task!r}")
+    n = len(outputs[0]) if outputs else 0
+    if any(len(col) != n for col in outputs):
+        raise ValueError("outputs: every column needs one answer per example")
+    extra = distributions if task == "classification" else rouge_l
+    if outputs and (extra is None or len(extra) != len(outputs) or any(len(col) != n for col in extra)):
+        raise ValueError("classification needs every column's label distributions" if task == "classification"
+                         else "summarization needs every column's ROUGE-L per example")
+    out = []
+    for i in range(n):
+        answers = [col[i] for col in outputs]
+        if task == "classification":
+            disagree = len(set(answers)) > 1
+            dists = [col[i] for col in extra]
+            gap = max((max(d[k] for d in dists) - min(d[k] for d in dists) for k in range(len(dists[0]))),
+                      default=0.0)
+        else:
+            disagree = len({" ".join(a.split()) for a in answers}) > 1
+            scores = [col[i] for col in extra]
+            gap = max(scores) - min(scores)
+        out.append({"disagree": disagree, "gap": float(gap)})
+    return out
+
+
+def rank_disagreements(task: str, outputs: list[list[str]], distributions=None, rouge_l=None) -> list[int]:
+    """Indices of the examples where the columns disagree, largest gap first (ties: lower index first)."""
+    flags = disagreement(task, outputs, distributions, rouge_l)
+    return sorted((i for i, f in enumerate(flags) if f["disagree"]), key=lambda i: (-flags[i]["gap"], i))
+
+
+def rouge_l_each(predictions: list[str], references: list[str]) -> list[float]:
+    """ROUGE-L of each prediction, scored exactly as evaluate.rouge scores it (their mean is its rougeL)."""
+    from rouge_score import rouge_scorer
+
+    from peftcompare.engine import evaluate as eval_mod
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return [scorer.score(eval_mod._sentences(r), eval_mod._sentences(p))["rougeL"].fmeasure
+            for p, r in zip(predictions, references)]
+
+
+# -- the examples and the cache key --------------------------------------------------------------------------
+def data_spec(spec: RunSpec) -> RunSpec:
+    """The spec whose validation split is walked: every example, in the fixed order eval_samples cuts."""
+    return spec.replace(eval_samples=0, train_samples=1)
+
+
+def validation_examples(spec: RunSpec) -> list[tuple[str, str]]:
+    """(text, reference) of every validation example of the spec's data (spec need not be resolved)."""
+    return [(e.text, e.target) for e in data_mod.load_task_data(data_spec(spec).resolved()).validation]
+
+
+def fingerprint(examples: list[tuple[str, str]]) -> str:
+    h = hashlib.sha256()
+    for text, target in examples:
+        h.update(text.encode() + b"\x1f" + target.encode() + b"\x1e")
+    return h.hexdigest()[:16]
+
+
+def adapter_stamp(rec: dict) -> list:
+    """What identifies an adapter's files: name, size and mtime of each, and a checksum of the small ones."""
+    out = []
+    for f in sorted(Path(rec["_dir"]).iterdir()):
+        if not f.is_file():
+            continue
+        st = f.stat()
+        item = [f.name, st.st_size, st.st_mtime_ns]
+        if st.st_size <= HASHED_FILE_BYTES:
+            item.append(hashlib.sha256(f.read_bytes()).hexdigest()[:16])
+        out.append(item)
+    return out
+
+
+def prepare(engine, run_ids: list[str], n: int = DEFAULT_N, task: str | None = None,
+            model_name: str | None = None, examples: list | None = None) -> dict:
+    """Columns, the first n examples (n capped by the set's size) and the cache key; runs no model.
+    examples: the validation set as (text, reference) pairs or data.Example, when the caller has it."""
+    try:
+        n = int(n)
+    except (TypeError, ValueError):
+        raise ValueError(f"n: expected a whole number, got {n!r}") from None
+    if n < 1:
+        raise ValueError("n: choose at least one example")
+    plan = engine.plan(run_ids, task, model_name)
+    spec = plan["recs"][0]["_spec"] if plan["recs"] else RunSpec(task=plan["task"], model_name=plan["model_name"])
+    if examples is None:
+        examples = validation_examples(spec)
+    examples = [(e.text, e.target) if hasattr(e, "target") else (str(e[0]), str(e[1])) for e in examples]
+    if not examples:
+        raise ValueError("validation data: no examples")
+    chosen = examples[:n]
+    payload = {"version": CACHE_VERSION, "task": plan["task"], "model_name": plan["model_name"],
+               "precision": engine.precision, "device": engine.device, "n": len(chosen),
+               "examples": fingerprint(chosen),
+               "columns": [[c["key"], adapter_stamp(c["rec"]) if "rec" in c else None] for c in plan["columns"]]}
+    key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+    store = getattr(engine, "store", None)
+    path = store.cache_dir / CACHE_SUBDIR / f"{key}.json" if store is not None else None
+    return {"plan": plan, "examples": chosen, "n_available": len(examples), "key": key, "path": path,
+            "dataset": plan["zs_spec"].dataset}
+
+
+def _read(path: Path | None, key: str) -> dict | None:
+    if path is None or not path.is_file():
+        return None
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # a torn or foreign file: computed again and rewritten
+    if not isinstance(result, dict) or result.get("version") != CACHE_VERSION or result.get("key") != key:
+        return None
+    result["cached"] = True
+    return result
+
+
+def _write(path: Path | None, result: dict) -> None:
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(result), encoding="utf-8")
+        os.replace(tmp, path)
+        files = sorted(path.parent.glob("*.json"), key=lambda p: p.stat().st_mtime)
+        for old in files[:-MAX_CACHE_FILES]:
+            old.unlink(missing_ok=True)
+    except OSError:
+        pass  # the cache is an optimisation: a read-only or full disk must not fail the comparison
+
+
+def lookup(engine, run_ids: list[str], n: int = DEFAULT_N, task: str | None = None,
+           model_name: str | None = None, examples: list | None = None, prepared: dict | None = None) -> dict | None:
+    """The cached result for these columns and examples, or None; never runs the model."""
+    prep = prepared or prepare(engine, run_ids, n, task, model_name, examples)
+    return _read(prep["path"], prep["key"])
+
+
+# -- the run -------------------------------------------------------------------------------------------------
+def find(engine, run_ids: list[str], n: int = DEFAULT_N, task: str | None = None, model_name: str | None = None,
+         examples: list | None = None, progress=None, use_cache: bool = True, prepared: dict | None = None,
+         rows_per_batch: int | None = None) -> dict:
+    """Zero-shot and each adapter over the first n validation examples: per-column scores, per-example
+    answers and the ranked disagreements. progress(done, total) counts answers (examples x columns)."""
+    prep = prepared or prepare(engine, run_ids, n, task, model_name, examples)
+    if use_cache:
+        hit = _read(prep["path"], prep["key"])
+        if hit is not None:
+            if progress is not None:
+                progress(1, 1)
+            return hit
+    plan, chosen = prep["plan"], prep["examples"]
+    kwargs = {"rows_per_batch": rows_per_batch} if rows_per_batch else {}
+    run = engine.compare_many([t for t, _ in chosen], [c["key"] for c in plan["columns"][1:]], task=plan["task"],
+                              model_name=plan["model_name"], progress=progress, **kwargs)
+    result = build(run, chosen, prep)
+    _write(prep["path"], result)
+    return result
+
+
+def build(run: dict, chosen: list[tuple[str, str]], prep: dict) -> dict:
+    """The result from compare_many's answers: scores, per-example rows and the ranking."""
+    from peftcompare.engine import evaluate as eval_mod
+
+    task, refs = run["task"], [r for _, r in chosen]
+    outputs = [c["outputs"] for c in run["columns"]]
+    distributions = [c["distributions"] for c in run["columns"]] if task == "classification" else None
+    rouge = [rouge_l_each(c["outputs"], refs) for c in run["columns"]] if task == "summarization" else None
+    columns = []
+    for j, c in enumerate(run["columns"]):
+        if task == "classification":
+            positive = tasks.positive_label(run["label_words"])
+            scores = eval_mod.classification_metrics(c["outputs"], refs, positive)
+            scores["mean_probability"] = sum(c["probabilities"]) / len(chosen)
+        else:
+            scores = eval_mod.rouge(c["outputs"], refs)
+            scores["gen_len"] = sum(len(p.split()) for p in c["outputs"]) / len(chosen)
+        columns.append({"key": c["key"], "label": c["label"], "method": c["method"],
+                        "name": BASE_NAME if j == 0 else c["key"], "scores": scores})
+    flags = disagreement(task, outputs, distributions, rouge)
+    rows = []
+    for i, (text, ref) in enumerate(chosen):
+        row = {"index": i, "text": text, "reference": ref, "outputs": [col[i] for col in outputs], **flags[i]}
+        if task == "classification":
+            row["probabilities"] = [c["probabilities"][i] for c in run["columns"]]
+            row["correct"] = [col[i] == ref for col in outputs]
+        else:
+            row["rougeL"] = [col[i] for col in rouge]
+        rows.append(row)
+    ranked = sorted((i for i, f in enumerate(flags) if f["disagree"]), key=lambda i: (-flags[i]["gap"], i))
+    return {"version": CACHE_VERSION, "key": prep["key"], "task": task, "model_name": run["model_name"],
+            "dataset": prep["dataset"], "n": len(chosen), "n_available": prep["n_available"],
+            "label_words": run["label_words"], "precision": run["precision"], "device": run["device"],
+            "seconds": round(run["seconds"], 3), "created_at": time.time(), "cached": False,
+            "columns": columns, "examples": rows, "disagreements": ranked}
+
+
+# -- output --------------------------------------------------------------------------------------------------
+def csv_header(result: dict) -> list[str]:
+    per = ("prediction", "probability") if result["task"] == "classification" else ("summary", "ROUGE-L")
+    return (["index", "text", "reference"] + [f"{c['name']} {p}" for c in result["columns"] for p in per]
+            + ["disagree", "probability gap" if result["task"] == "classification" else "ROUGE-L spread"])
+
+
+def to_csv(result: dict) -> str:
+    """One row per example: text, reference, every column's answer and its probability or ROUGE-L, and
+    whether the columns disagree (with the gap the ranking uses)."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(csv_header(result))
+    second = "probabilities" if result["task"] == "classification" else "rougeL"
+    for row in result["examples"]:
+        cells = [row["index"], row["text"], row["reference"]]
+        for out, value in zip(row["outputs"], row[second]):
+            cells += [out, f"{value:.6f}"]
+        w.writerow(cells + [row["disagree"], f"{row['gap']:.6f}"])
+    return buf.getvalue()
+
+
+def score_names(task: str) -> list[str]:
+    return ["accuracy", "f1"] if task == "classification" else ["rougeL"]
+
+
+def report(result: dict, top: int = 10) -> str:
+    """Per-column scores and the top disagreements, as plain text (the CLI's output)."""
+    names = score_names(result["task"])
+    titles = [c["label"] if c["name"] == BASE_NAME else f"{c['label']} {c['name']}" for c in result["columns"]]
+    width = max(len(t) for t in titles) + 2
+    lines = [f"{result['n']} validation examples of {result['dataset']} ({result['n_available']} in the set) · "
+             f"{result['model_name']} · {result['precision']} on {result['device']} · "
+             + ("from the cache" if result.get("cached") else f"{result['seconds']:.1f} s"),
+             "column".ljust(width) + "".join(n.rjust(10) for n in names)]
+    for title, c in zip(titles, result["columns"]):
+        lines.append(title.ljust(width) + "".join(f"{c['scores'][n]:10.4f}" for n in names))
+    ranked = result["disagreements"]
+    gap = "probability gap" if result["task"] == "classification" else "ROUGE-L spread"
+    if len(result["columns"]) < 2:
+        lines.append("one column only: give adapter run ids to find where they disagree with zero-shot")
+    else:
+        lines.append(f"{len(ranked)} of {result['n']} examples disagree"
+                     + (f"; the top {min(top, len(ranked))} by {gap}:" if ranked and top > 0 else ""))
+    for i in ranked[:max(top, 0)]:
+        row = result["examples"][i]
+        text = " ".join(row["text"].split())
+        lines.append(f"#{i}  {gap} {row['gap']:.3f}  {text[:100] + ('...' if len(text) > 100 else '')}")
+        lines.append(f"    reference: {' '.join(row['reference'].split())[:160]}")
+        for j, c in enumerate(result["columns"]):
+            extra = (f"p={row['probabilities'][j]:.3f}" if result["task"] == "classification"
+                     else f"ROUGE-L {row['rougeL'][j]:.3f}")
+            lines.append(f"    {c['label']}: {' '.join(row['outputs'][j].split())[:160]}  ({extra})")
+    return "\n".join(lines)

@@ -1,0 +1,109 @@
+"""Pure analysis of the results store: flat tables, seed aggregates, Pareto fronts, method tables."""
+from __future__ import annotations
+
+import pandas as pd
+
+from peftcompare.service.store import Store
+
+METRIC_COLUMNS = ["accuracy", "f1", "rouge1", "rouge2", "rougeL", "rougeLsum"]
+RESULT_COLUMNS = ["run_id", "task", "dataset", "model_name", "method", "capacity", "seed", "status",
+                  "trainable_params", "total_params", "trainable_pct", "num_train_epochs", *METRIC_COLUMNS, "best_epoch",
+                  "train_runtime", "train_samples_per_second", "eval_runtime", "peak_memory_mb",
+                  "adapter_bytes", "precision", "device", "data_source", "data_fingerprint", "spec_hash",
+                  "error", "created_at", "finished_at"]
+
+
+def runs_frame(runs: list[dict]) -> pd.DataFrame:
+    rows = []
+    for r in runs:
+        metrics = r.get("metrics") or {}
+        spec = r.get("spec")
+        epochs = r.get("epochs") or []
+        best = None
+        if metrics and epochs:
+            for e in epochs:
+                if all(e.get(k) == metrics.get(k) for k in METRIC_COLUMNS if k in metrics):
+                    best = e.get("epoch")
+                    break
+        row = {k: r.get(k) for k in RESULT_COLUMNS if k in r}
+        row.update({k: metrics.get(k) for k in METRIC_COLUMNS})
+        row["dataset"] = spec.dataset if spec else None
+        row["num_train_epochs"] = spec.num_train_epochs if spec else None
+        row["best_epoch"] = best
+        tp, tot = r.get("trainable_params"), r.get("total_params")
+        row["trainable_pct"] = 100.0 * tp / tot if tp is not None and tot else None
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    return df
+
+
+def load_df(store: Store, status: tuple[str, ...] | None = None, task: str | None = None) -> pd.DataFrame:
+    return runs_frame(store.list_runs(status=status, task=task))
+
+
+def aggregate(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Mean, std, min and max of `metric` over seeds per (task, model, dataset, method, capacity)."""
+    keys = ["task", "model_name", "dataset", "method", "capacity"]
+    done = df[(df["status"] == "completed") & df[metric].notna()]
+    if done.empty:
+        return pd.DataFrame(columns=[*keys, "trainable_params", "mean", "std", "min", "max", "n", "run_ids"])
+    g = done.groupby(keys, dropna=False)
+    out = g.agg(trainable_params=("trainable_params", "median"), mean=(metric, "mean"), std=(metric, "std"),
+                min=(metric, "min"), max=(metric, "max"), n=(metric, "size"),
+                run_ids=("run_id", lambda s: ", ".join(s))).reset_index()
+    out["std"] = out["std"].fillna(0.0)
+    return out.sort_values(["task", "method", "capacity"]).reset_index(drop=True)
+
+
+def pareto_front(agg: pd.DataFrame, x: str = "trainable_params", y: str = "mean") -> pd.Series:
+    """True for points no other point beats: a point is on the front only if no other point has as few
+    or fewer parameters and as high or higher a score (and is better in one of them).
+
+    Pass every point, the references included: zero-shot (0 trainable parameters) and full fine-tuning
+    are points of the front, so an adapter that zero-shot beats is not on it. A method that trains
+    nothing counts 0 parameters even where the record has none; a point without a score or a count is
+    neither on the front nor beats anything."""
+    from peftcompare.core import methods
+
+    if agg.empty:
+        return pd.Series(dtype=bool, index=agg.index)
+    xs = pd.to_numeric(agg[x], errors="coerce").astype(float)
+    if "method" in agg:
+        trains = agg["method"].map(methods.trains)
+        xs = xs.where(xs.notna() | trains.astype(bool), 0.0)
+    ys = pd.to_numeric(agg[y], errors="coerce").astype(float)
+    ok = xs.notna() & ys.notna()
+    flags = []
+    for i in agg.index:
+        if not ok[i]:
+            flags.append(False)
+            continue
+        others = ok & (agg.index != i)
+        dominated = (others & (xs <= xs[i]) & (ys >= ys[i]) & ((xs < xs[i]) | (ys > ys[i]))).any()
+        flags.append(not bool(dominated))
+    return pd.Series(flags, index=agg.index, dtype=bool)
+
+
+def method_table(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Per method: best metric, change vs zero-shot and full fine-tuning, parameter reduction, time, memory."""
+    done = df[(df["status"] == "completed") & df[metric].notna()]
+    if done.empty:
+        return pd.DataFrame()
+    done = done.assign(epoch_seconds=done["train_runtime"] / done["num_train_epochs"])
+    g = done.groupby(["method", "capacity"], dropna=False).agg(
+        metric=(metric, "mean"), trainable_params=("trainable_params", "median"),
+        total_params=("total_params", "median"), train_runtime=("train_runtime", "mean"),
+        peak_memory_mb=("peak_memory_mb", "mean"), train_seconds_per_epoch=("epoch_seconds", "mean"),
+        runs=("run_id", "size")).reset_index()
+    zs = g.loc[g["method"].isin(methods.by_role(methods.ROLE_BASELINE)), "metric"]
+    full = g.loc[g["method"].isin(methods.by_role(methods.ROLE_FULL))]
+    if len(zs):
+        g["vs_zero_shot"] = g["metric"] - zs.iloc[0]
+        g["vs_zero_shot_pct"] = 100 * g["vs_zero_shot"] / zs.iloc[0] if zs.iloc[0] else None
+    if len(full):
+        f = full.iloc[0]
+        g["vs_full"] = g["metric"] - f["metric"]
+        g["vs_full_pct"] = 100 * g["vs_full"] / f["metric"] if f["metric"] else None
+        g["param_reduction_x"] = f["trainable_params"] / g["trainable_params"].where(g["trainable_params"] > 0)
+    g["metric_name"] = metric
+    return g.sort_values("metric", ascending=False).reset_index(drop=True)

@@ -1,0 +1,214 @@
+"""The job queue: queued runs in the store, one subprocess per run, cancel, reconcile after a crash.
+
+The worker is a detached process (it survives page refreshes and closed browsers). It claims the oldest
+queued run, starts `python -m peftcompare train --run_id ID --home HOME`, watches the cancel flag and
+exits after a while with an empty queue; the app starts it again when something is enqueued.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from peftcompare.engine import preflight
+from peftcompare.service import procs
+from peftcompare.core.spec import RunSpec
+from peftcompare.service.store import Store
+
+CANCEL_GRACE_SECONDS = 10.0  # a run that ignores its cancel flag this long is killed
+IDLE_EXIT_SECONDS = 30.0
+POLL_SECONDS = 0.5
+
+
+def pid_alive(pid: int | None) -> bool:
+    return procs.alive(pid)
+
+
+def reconcile(store: Store) -> list[str]:
+    """Mark runs whose process is gone as interrupted (after an app, worker or machine restart)."""
+    return store.reconcile()
+
+
+def enqueue(store: Store, spec: RunSpec, owner: str | None = None) -> str:
+    """Queue one spec as it is (a duplicate too). The app's pages and retry use `submit`, which also
+    skips what the store already holds and preflights the data."""
+    from peftcompare.service import policy as public
+
+    # enforced here, not only in the page, so no caller can queue past the public limits
+    public.check_spec(spec.resolved())
+    public.check_visitor_quota(store, owner)
+    # a spec that can never run is refused here, before it has a record (callers check its data files)
+    preflight.check_model(spec.resolved())
+    return _queue(store, spec, owner)
+
+
+def _queue(store: Store, spec: RunSpec, owner: str | None) -> str:
+    run_id = store.create_run(spec, status="queued", owner=owner)
+    store.spec_path(run_id).write_text(spec.resolved().to_json())
+    return run_id
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """What `submit` did: the queued run ids (in order) and the specs it skipped, each with the run that
+    already holds it (completed, queued or running)."""
+    run_ids: list[str] = field(default_factory=list)
+    skipped: list[tuple[RunSpec, dict]] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return len(self.run_ids) + len(self.skipped)
+
+
+def submit(store: Store, specs: list[RunSpec], owner: str | None = None) -> Submitted:
+    """Queue `specs` with the whole enqueue policy checked once, before any record is written:
+
+    1. the public instance's limits on every spec (model, sizes, methods, files);
+    2. duplicates: a spec with a completed, queued or running twin in the store is skipped and reported,
+       never queued again (nor twice within `specs`);
+    3. the queue quota for what is left (public mode: the visitor's jobs and the whole queue);
+    4. preflight of what is left (model, method vs model, data files and their columns), each data
+       source once.
+
+    Any refusal raises ValueError (one line) and queues nothing: a grid is queued whole or not at all.
+    Page, retry and presets call this; the worker must be started by the caller (`ensure_worker`)."""
+    from peftcompare.service import policy as public
+
+    specs = [s.resolved() for s in specs]
+    for s in specs:
+        public.check_spec(s)
+    todo, skipped, seen = [], [], set()
+    for s in specs:
+        if s.spec_hash() in seen:
+            continue
+        seen.add(s.spec_hash())
+        twin = store.find_completed(s)
+        if twin is None:
+            todo.append(s)
+        else:
+            skipped.append((s, twin))
+    if not todo:
+        return Submitted([], skipped)
+    public.check_visitor_quota(store, owner)
+    if public.is_public():
+        mine = len(store.list_runs(status=("queued", "running"), owner=owner))
+        if mine + len(todo) > public.LIMITS.jobs_per_visitor:
+            raise ValueError(f"{len(todo)} runs exceed this public instance's limit of "
+                             f"{public.LIMITS.jobs_per_visitor} queued run(s) per visitor")
+    preflight.preflight_all(todo)
+    return Submitted([_queue(store, s, owner) for s in todo], skipped)
+
+
+def child_command(store: Store, run_id: str) -> list[str]:
+    return [sys.executable, "-m", "peftcompare", "train", "--run_id", run_id, "--home", str(store.home)]
+
+
+def _lock_path(store: Store) -> Path:
+    return store.results_dir / "worker.lock"
+
+
+def worker_running(store: Store) -> bool:
+    try:
+        with open(_lock_path(store), "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return False
+    except BlockingIOError:
+        return True
+
+
+def ensure_worker(store: Store) -> bool:
+    """Start a detached worker unless one holds the lock. True when a new one was started."""
+    if worker_running(store):
+        return False
+    log = open(store.logs_dir / "worker.log", "ab")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    subprocess.Popen([sys.executable, "-m", "peftcompare", "worker", "--home", str(store.home)],
+                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                     env=env, cwd=str(Path(__file__).resolve().parents[2]))
+    return True
+
+
+def run_worker(store: Store, idle_exit: float = IDLE_EXIT_SECONDS, max_jobs: int | None = None) -> int:
+    """Process the queue one run at a time. Only one worker per store (file lock)."""
+    lock = open(_lock_path(store), "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print("another worker is already processing this store", flush=True)
+        return 0
+    reconcile(store)
+    store.clean_staging()
+    done, idle_since = 0, time.monotonic()
+    while max_jobs is None or done < max_jobs:
+        run = store.claim_next(pid=os.getpid())  # the worker owns it until the child reports its pid
+        if run is None:
+            if time.monotonic() - idle_since > idle_exit:
+                break
+            time.sleep(POLL_SECONDS)
+            continue
+        _run_child(store, run["run_id"])
+        done += 1
+        idle_since = time.monotonic()
+    return 0
+
+
+def _run_child(store: Store, run_id: str) -> int:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(store.log_path(run_id), "ab") as log:
+        proc = subprocess.Popen(child_command(store, run_id), stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                                cwd=str(Path(__file__).resolve().parents[2]))
+    store.update(run_id, pid=proc.pid, heartbeat=time.time())
+    cancel_seen = None
+    while True:
+        try:
+            code = proc.wait(timeout=POLL_SECONDS)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        if cancel_seen is None and store.cancel_requested(run_id):
+            cancel_seen = time.monotonic()
+        if cancel_seen is not None and time.monotonic() - cancel_seen > CANCEL_GRACE_SECONDS:
+            _kill(proc)
+            code = proc.wait()
+            break
+    run = store.get(run_id)
+    if run and run["status"] == "running":
+        # the child died without writing a final status: a crash, a kill or our cancel
+        if run.get("cancel_requested"):
+            store.transition(run_id, "cancelled", ("running",), finished_at=time.time(),
+                             error="cancelled by the user")
+        else:
+            reason = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            store.transition(run_id, "failed", ("running",), finished_at=time.time(),
+                             error=f"the training process {reason} without finishing")
+    store.discard_staging(run_id)
+    return code
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=3)
+    except (subprocess.TimeoutExpired, ProcessLookupError, PermissionError):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def retry(store: Store, run_id: str, owner: str | None = None) -> Submitted:
+    """Queue a finished run's spec again, under `submit`'s policy: when an identical run has completed
+    (or is queued or running) meanwhile, nothing is queued and `skipped` names that run."""
+    run = store.get(run_id)
+    if run is None:
+        raise ValueError(f"run_id: no run {run_id}")
+    if run["status"] in ("queued", "running"):
+        raise ValueError(f"run {run_id} is still {run['status']}")
+    return submit(store, [run["spec"]], owner=owner or run.get("owner"))
