@@ -179,6 +179,34 @@ def test_pretraining_text_never_nears_a_validation_text():
     assert not any("sst2:" in s for s, _ in pretrain.examples(n=4000))
 
 
+def test_pretrained_weights_do_not_depend_on_the_cpu_the_caller_runs_on(tmp_path):
+    """The build runs with portable kernels whatever the calling process uses: callers that pick AVX2 or
+    AVX-512 kernels and MKL's fastest path get the same bits (an in-process build would not: it rounds the
+    way the CPU's widest kernels do, and the offline lesson would change with the machine)."""
+    code = ("import hashlib; from peftcompare.engine import pretrain; s = pretrain.build_portable('tiny-t5', "
+            "steps=12); h = hashlib.sha256(); [h.update(s[k].numpy().tobytes()) for k in sorted(s)]; "
+            "print(h.hexdigest())")
+    digests = set()
+    for caps in ({"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"}, {"ATEN_CPU_CAPABILITY": "", "MKL_CBWR": ""}):
+        env = {**os.environ, **caps, "PYTHONPATH": str(ROOT)}
+        out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
+                             timeout=240)
+        assert out.returncode == 0, out.stderr[-2000:]
+        digests.add(out.stdout.strip().splitlines()[-1])
+    assert len(digests) == 1, digests
+    # while the same 12 steps in a process of its own kernels give other bits: the property above is not free
+    import hashlib
+
+    import torch
+
+    if torch.backends.cpu.get_cpu_capability() != "DEFAULT":
+        own = pretrain.build("tiny-t5", steps=12)
+        h = hashlib.sha256()
+        for k in sorted(own):
+            h.update(own[k].numpy().tobytes())
+        assert h.hexdigest() not in digests
+
+
 def test_pretraining_is_deterministic_and_cached_once_under_concurrent_first_use(tmp_path):
     """Two processes ask for the weights of a fresh cache at once: one builds (a 3-step build here), the
     other waits for it and reads the same file; a rebuild by seed gives the same tensors."""
@@ -187,7 +215,7 @@ def test_pretraining_is_deterministic_and_cached_once_under_concurrent_first_use
 
     env = {**os.environ, "PEFTCOMPARE_CACHE": str(tmp_path), "PEFTCOMPARE_PRETRAIN_STEPS": "3",
            "PYTHONPATH": str(ROOT)}
-    code = ("import sys; from peftcompare import pretrain; s = pretrain.pretrained_state('tiny-t5'); "
+    code = ("import sys; from peftcompare.engine import pretrain; s = pretrain.pretrained_state('tiny-t5'); "
             "print(pretrain.weights_path('tiny-t5'), sum(float(t.double().sum()) for t in s.values()))")
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
@@ -198,9 +226,9 @@ def test_pretraining_is_deterministic_and_cached_once_under_concurrent_first_use
     files = list(tmp_path.glob("tiny-t5-*.safetensors"))
     assert len(files) == 1 and not list(tmp_path.glob("*.tmp"))
     cached = load_file(str(files[0]))
-    again = pretrain.build("tiny-t5", steps=3)
+    again = pretrain.build_portable("tiny-t5", steps=3)
     assert cached.keys() == again.keys() and all(torch.equal(cached[k], again[k]) for k in cached)
-    from peftcompare.engine import builtin, models
+    from peftcompare.engine import builtin
 
     random = builtin.random_model("tiny-t5").state_dict()
     assert not any(torch.equal(cached[k], random[k]) for k in cached if "weight" in k)  # three steps moved it

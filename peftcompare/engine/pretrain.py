@@ -7,8 +7,8 @@ summaries, news stories, how-did-it-go chats, sentences about how films were rec
 
 - denoising: rebuild a text whose word spans were blanked out (the writing models);
 - short answers about a text: a chat's topic, speakers and day, a story's town, a review's genre;
-- mood: whether an everyday chat ("How was the party?" "I hated it.") went well, answered "positive" or
-  "negative";
+- mood: whether an everyday chat ("How was the party?" "I hated it.") went well, answered "good" or "bad"
+  (never in the SST-2 label words);
 - opinion words blanked out of review sentences, the words "positive" and "negative" among them
   (sentiment-word masking, as in SKEP).
 
@@ -17,8 +17,14 @@ shown a movie review with its sentiment as the answer, nor the `sst2:` template:
 SST-2 set is near chance, and an adapter has something to build on. No pretraining text equals or comes
 near (`synth.NEAR_DUPLICATE`) any validation or test text of the bundled samples (tests check it).
 
-The weights are never committed: the first process that needs them builds them (about a minute per model
-on two cores, one thread) and writes `<cache>/<model>-<key>.safetensors` atomically under a file lock, so
+The same weights on every x86-64 machine: the build runs in a child process with one thread, torch's
+portable (non-vectorised) kernels (ATEN_CPU_CAPABILITY=default) and MKL's reproducible code path
+(MKL_CBWR=COMPATIBLE). Without that, an AVX-512 machine and an AVX2 one round differently, 1000 steps
+amplify the difference, and the offline lesson changes with the CPU (zero-shot F1 0.19 on one, 0.61 on
+the other, seen here). See `build_portable`.
+
+The weights are never committed: the first process that needs them builds them (about a minute and a half
+per model on two cores) and writes `<cache>/<model>-<key>.safetensors` atomically under a file lock, so
 concurrent first uses build once and the others wait and read. `<cache>` is $PEFTCOMPARE_CACHE, else
 $XDG_CACHE_HOME/peftcompare, else ~/.cache/peftcompare. The key hashes everything the weights depend on
 (this file, synth.py, the tokenizer, the model config, the torch version), so a change rebuilds.
@@ -29,7 +35,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -128,7 +136,9 @@ def examples(seed: int = SEED, n: int = STEPS * BATCH, mix: dict | None = None) 
         g = _genre(r.text)
         if g:
             questions.append((f"genre: {r.text}", g))
-    moods = [(f"mood: {c.text}", "positive" if c.label else "negative") for c in items["chat"]]
+    # answered "good" or "bad", never in the SST-2 label words: a sentiment question answered "positive" would
+    # teach zero-shot SST-2 itself (zero-shot F1 0.68 instead of 0.46 on the bundled set, seen here)
+    moods = [(f"mood: {c.text}", "good" if c.label else "bad") for c in items["chat"]]
     polar = set(synth.POS_ADJ) | set(synth.NEG_ADJ) | {"positive", "negative"}
     opinion = [r.text for r in items["review"] + items["reaction"] if polar & set(r.text.split(" "))]
     rng = synth.Rng(seed)
@@ -244,6 +254,46 @@ def build(name: str = "tiny-t5", steps: int = STEPS, seed: int = SEED, log=None)
     return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
 
 
+# what makes the build's arithmetic the same on every x86-64 CPU (read by torch and MKL at start-up, so they
+# are set for a child process, never in this one)
+PORTABLE_ENV = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "OMP_NUM_THREADS": "1",
+                "MKL_NUM_THREADS": "1"}
+
+
+def build_portable(name: str = "tiny-t5", steps: int = STEPS, out: Path | None = None) -> dict:
+    """`build` in a child process with PORTABLE_ENV: the state dict, bit for bit the same on any x86-64
+    machine with this torch build. Written to `out` (safetensors) when given."""
+    from safetensors.torch import load_file
+
+    with tempfile.TemporaryDirectory(prefix="peftcompare-pretrain-") as tmp:
+        target = Path(out) if out is not None else Path(tmp) / f"{name}.safetensors"
+        env = {**os.environ, **PORTABLE_ENV,
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
+                                                           os.environ.get("PYTHONPATH")]))}
+        proc = subprocess.Popen([sys.executable, "-m", "peftcompare.engine.pretrain", "--build", name,
+                                 "--steps", str(steps), "--out", str(target)], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:  # the child's progress lines, passed on as they come
+            print(line.rstrip(), file=sys.stderr, flush=True)
+        if proc.wait() != 0:
+            raise RuntimeError(f"builtin:{name}: pretraining failed (exit code {proc.returncode})")
+        return load_file(str(target))
+
+
+def _build_child(name: str, steps: int, out: str) -> int:
+    from safetensors.torch import save_file
+
+    import torch
+
+    assert torch.backends.cpu.get_cpu_capability() == "DEFAULT", "run through build_portable"
+    state = build(name, steps=steps)
+    tmp = f"{out}.{os.getpid()}.tmp"
+    save_file(state, tmp, metadata={"builtin": name, "seed": str(SEED), "steps": str(steps),
+                                    "portable": json.dumps(PORTABLE_ENV, sort_keys=True)})
+    os.replace(tmp, out)
+    return 0
+
+
 def steps_for_build() -> int:
     """STEPS, or $PEFTCOMPARE_PRETRAIN_STEPS (tests build a few-step model into a scratch cache)."""
     return int(os.environ.get("PEFTCOMPARE_PRETRAIN_STEPS") or STEPS)
@@ -256,7 +306,7 @@ def cache_key(name: str) -> str:
     for path in (Path(__file__), Path(synth.__file__), builtin.TOKENIZER_DIR / "tokenizer.json"):
         h.update(path.read_bytes())
     h.update(builtin.config(name).to_json_string().encode())
-    h.update(json.dumps([name, torch.__version__.split("+")[0], SEED, steps_for_build()]).encode())
+    h.update(json.dumps([name, torch.__version__.split("+")[0], SEED, steps_for_build(), PORTABLE_ENV]).encode())
     return h.hexdigest()[:16]
 
 
@@ -267,7 +317,7 @@ def weights_path(name: str) -> Path:
 def pretrained_state(name: str) -> dict:
     """The pretrained state dict of a built-in model: from the cache, else built once (under a lock) and
     cached. Where the cache cannot be written the weights are built in memory (and again next time)."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     path = weights_path(name)
     if path.is_file():
@@ -281,7 +331,7 @@ def pretrained_state(name: str) -> dict:
     except OSError as exc:
         print(f"builtin:{name}: cannot write the weights cache {path.parent} ({exc.strerror}); building in "
               "memory", file=sys.stderr)
-        return build(name, steps=steps_for_build())
+        return build_portable(name, steps=steps_for_build())
     import fcntl
 
     with lock:
@@ -291,22 +341,22 @@ def pretrained_state(name: str) -> dict:
                 return load_file(str(path))
             except Exception:  # noqa: BLE001
                 pass
-        print(f"builtin:{name}: pretraining the built-in model once for this machine (about a minute); "
-              f"cached in {path}", file=sys.stderr, flush=True)
-        state = build(name, steps=steps_for_build())
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        print(f"builtin:{name}: pretraining the built-in model once for this machine (about a minute and a "
+              f"half); cached in {path}", file=sys.stderr, flush=True)
         try:
-            save_file(state, str(tmp), metadata={"builtin": name, "seed": str(SEED),
-                                                 "steps": str(steps_for_build())})
-            os.replace(tmp, path)
-        except OSError as exc:
-            print(f"builtin:{name}: could not cache the weights ({exc.strerror})", file=sys.stderr)
-            tmp.unlink(missing_ok=True)
-        return state
+            return build_portable(name, steps=steps_for_build(), out=path)  # written atomically by the child
+        except (OSError, RuntimeError) as exc:
+            print(f"builtin:{name}: could not cache the weights ({exc}); building in memory", file=sys.stderr)
+            return build_portable(name, steps=steps_for_build())
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m peftcompare.engine.pretrain: build (or find) the cached weights of every pretrained built-in."""
+    """python -m peftcompare.engine.pretrain: build (or find) the cached weights of every pretrained built-in.
+    (`--build NAME --steps N --out FILE` is the child process of build_portable.)"""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--build"]:
+        name, steps, out = argv[1], int(argv[argv.index("--steps") + 1]), argv[argv.index("--out") + 1]
+        return _build_child(name, steps, out)
     for name in PRETRAINED:
         t0 = time.perf_counter()
         pretrained_state(name)
