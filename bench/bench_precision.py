@@ -18,7 +18,7 @@ import _common as C
 
 
 def run(store, precision: str, seed: int, epochs: int) -> dict:
-    from peftcompare.engine import train
+    from peftcompare.service import execution
     from peftcompare.core.spec import RunSpec
 
     train_file = str(C.SAMPLES / "sst2_train.jsonl")
@@ -26,7 +26,7 @@ def run(store, precision: str, seed: int, epochs: int) -> dict:
                    learning_rate=1e-2, train_samples=0, eval_samples=0, validation_file=train_file,
                    per_device_train_batch_size=16, per_device_eval_batch_size=8, seed=seed, precision=precision)
     run_id = store.create_run(spec, status="running")
-    record = train.run_training(spec, store, run_id)
+    record = execution.run_training(spec, store, run_id)
     return {"accuracy": record["metrics"]["accuracy"], "f1": record["metrics"]["f1"],
             "train_runtime": record["train_runtime"]}
 

@@ -162,6 +162,7 @@ def peftcompare_side(args, train_file: Path, val_file: Path, home: Path, device:
     from peftcompare.engine import models, runtime, train
     from peftcompare.core.spec import RunSpec
     from peftcompare.service.store import Store
+    from peftcompare.service import execution
 
     n_train = (args.warmup + args.steps) * BATCH
     spec = RunSpec(model_name=args.model_name, method="lora", capacity=8, dataset="sst2",
@@ -178,7 +179,7 @@ def peftcompare_side(args, train_file: Path, val_file: Path, home: Path, device:
 
     with C.PeakRSS() as mem:
         t0 = time.perf_counter()
-        record = train.run_training(spec, store, run_id, progress)
+        record = execution.run_training(spec, store, run_id, progress)
         total = time.perf_counter() - t0
     out = {"train_seconds": stamps[-1] - stamps[args.warmup - 1] if args.warmup else stamps[-1] - t0}
     out["train_examples_per_s"] = args.steps * BATCH / out["train_seconds"]

@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from peftcompare.service import curves
+from peftcompare.service.runs import delete_run
 from peftcompare.core import methods, tasks
 from peftcompare.webui import ui
 
@@ -258,7 +259,7 @@ if ui.can("delete"):
         d1, d2, _ = st.columns([1, 1, 4])
         if d1.button("Yes, delete", key="ad_delete_yes", type="primary"):
             try:
-                store.delete(run["run_id"])
+                delete_run(store, run["run_id"])
                 st.session_state["ad_flash"] = ("ok", f"Deleted {run['run_id']}")
             except ValueError as exc:
                 st.session_state["ad_flash"] = ("error", ui.user_message(exc))

@@ -3,7 +3,8 @@ and each chosen adapter, side by side; or, across the validation set, every colu
 examples where they disagree. One base model is loaded once; adapters attach to it."""
 import streamlit as st
 
-from peftcompare.engine import disagreements as dis
+from peftcompare.service import comparing
+from peftcompare.service import disagreements as dis
 from peftcompare.service import policy as public
 from peftcompare.core import tasks
 from peftcompare.webui import ui
@@ -18,7 +19,7 @@ MEMORY = 8  # validation-set results kept in the session (the disk cache keeps m
 
 # -- session state, one block ---------------------------------------------------------------------------
 # cmp_result belongs to cmp_result_key = (text, reference, adapters, task, model): shown only while they hold
-for _k, _v in {"cmp_task": "classification", "cmp_runs": [], "cmp_source": SOURCES[0], "cmp_text": "",
+for _k, _v in {"cmp_task": RunSpec().task, "cmp_runs": [], "cmp_source": SOURCES[0], "cmp_text": "",
                "cmp_index": 0, "cmp_result": None, "cmp_result_key": None, "cmp_mode": MODES[0],
                "cmp_n_req": dis.DEFAULT_N, "cmp_dis_memory": {}}.items():
     st.session_state.setdefault(_k, _v)
@@ -36,11 +37,8 @@ if "compare_handoff" in st.session_state:  # "Compare these" on the Adapters pag
 
 @st.cache_data(show_spinner="Loading the validation set ...", max_entries=16)
 def validation_examples(spec_json: str) -> list[tuple[str, str]]:
-    from peftcompare.engine import data
-
     ui.import_stack()
-    spec = RunSpec.from_json(spec_json).resolved()
-    return [(e.text, e.target) for e in data.load_task_data(spec).validation]
+    return comparing.validation_examples(RunSpec.from_json(spec_json))
 
 
 def load_examples(spec: RunSpec) -> list[tuple[str, str]]:
@@ -54,10 +52,11 @@ def load_examples(spec: RunSpec) -> list[tuple[str, str]]:
 
 def cards(columns: list[dict], task: str) -> None:
     """One bordered card per column, side by side (zero-shot first)."""
+    labels = tasks.get_task(task).scores_labels
     for col, c in zip(st.columns(len(columns)), columns):
         with col.container(border=True):
             st.markdown(f"**{c['label']}**")
-            if task == "classification":
+            if labels:
                 st.markdown(f"### {c['output']}")
                 if c.get("probability") is not None:
                     st.progress(float(c["probability"]), text=f"p = {c['probability']:.3f}")
@@ -117,9 +116,7 @@ def one_example() -> None:
             st.code(text, language=None, wrap_lines=True)
             st.markdown(f"**Reference:** {reference}")
     else:
-        st.text_area("Text", key="cmp_text", height=140,
-                     placeholder="a gripping, beautifully acted film" if task == "classification"
-                     else "Anna: are we still on for lunch?\nBen: yes, 12:30 at the usual place")
+        st.text_area("Text", key="cmp_text", height=140, placeholder=tasks.get_task(task).placeholder)
         text = st.session_state["cmp_text"]
     key = ((text or "").strip(), reference, tuple(dict.fromkeys(chosen)), task, base_spec.model_name)
     if st.session_state["cmp_result_key"] != key:  # another text, reference, adapter set, task or model
@@ -194,6 +191,7 @@ def across_validation() -> None:
 
 def show_across(result: dict) -> None:
     task, columns, n = result["task"], result["columns"], result["n"]
+    t = tasks.get_task(task)
     st.caption(f"{n} of {result['n_available']} validation examples of {result['dataset']} · {result['model_name']}"
                f" · {result['device']} · {result['precision']} · "
                + ("from the cache" if result.get("cached") else f"ran in {result['seconds']:.1f} s"))
@@ -203,7 +201,7 @@ def show_across(result: dict) -> None:
                  hide_index=True, key="cmp_dis_scores",
                  column_config={v: st.column_config.NumberColumn(v, format="%.4f") for v in names.values()})
     ranked = result["disagreements"]
-    gap = "probability gap" if task == "classification" else "ROUGE-L spread"
+    gap = t.spread_word
     if len(columns) < 2:
         st.info("Only zero-shot answered: choose adapters above to find the examples where they disagree "
                 "with it.", icon=":material/info:")
@@ -212,20 +210,20 @@ def show_across(result: dict) -> None:
     else:
         st.subheader(f"{len(ranked)} of {n} examples disagree")
         st.caption(("The columns give different labels; ranked by the probability gap, the largest difference "
-                    "between two columns in the probability of one label." if task == "classification" else
+                    "between two columns in the probability of one label." if t.scores_labels else
                     "The columns give different summaries; ranked by the ROUGE-L spread, the best column's ROUGE-L "
                     "against the reference minus the worst one's.")
                    + (f" The top {SHOWN} are listed; the CSV has every example." if len(ranked) > SHOWN else ""))
         for i in ranked[:SHOWN]:
             row = result["examples"][i]
-            if task == "classification":
+            if t.scores_labels:
                 short = " · ".join(f"{c['label']}: {o}" for c, o in zip(columns, row["outputs"]))
             else:
                 short = " · ".join(f"{c['label']} {r:.2f}" for c, r in zip(columns, row["rougeL"]))
             with st.expander(f"Example {i} — {gap} {row['gap']:.3f} — {short}"):
                 st.code(row["text"], language=None, wrap_lines=True)
                 st.markdown(f"**Reference:** {row['reference']}")
-                if task == "classification":
+                if t.scores_labels:
                     cards([{"label": c["label"], "output": o, "probability": p, "correct": o == row["reference"]}
                            for c, o, p in zip(columns, row["outputs"], row["probabilities"])], task)
                 else:
@@ -236,7 +234,7 @@ def show_across(result: dict) -> None:
     st.download_button("Download CSV", dis.to_csv(result), file_name=f"disagreements-{task}-{n}.csv",
                        mime="text/csv", key="cmp_dis_csv", icon=":material/download:", on_click="ignore",
                        help="One row per example: text, reference, each column's answer and its "
-                            + ("probability" if task == "classification" else "ROUGE-L") + ", and whether they "
+                            + t.score_word + ", and whether they "
                             "disagree.")
 
 

@@ -1,12 +1,11 @@
 """Home: what the app does, the machine, the Hub, the store and the queue."""
 import streamlit as st
 
-from peftcompare.engine import runtime
 from peftcompare.webui import ui
 
 store = ui.store()
 online = ui.hub_online()
-endpoint = runtime.hub_endpoint()
+endpoint = ui.hub_endpoint()
 device = ui.device_summary()
 
 st.title("peftcompare")

@@ -7,7 +7,7 @@ import streamlit as st
 
 from peftcompare.service import curves, jobs, policy as public
 from peftcompare.core import methods, tasks
-from peftcompare.engine import preflight
+from peftcompare.service import runs
 from peftcompare.webui import ui
 from peftcompare.core.spec import OFFLINE_RECIPE, PRECISIONS, RunSpec, field_help, spec_fields
 from peftcompare.service.store import ACTIVE
@@ -336,7 +336,7 @@ if specs:
         with st.spinner("Checking the model and counting trainable parameters ..."):
             for s in checked:
                 try:
-                    preflight.check_model(s.resolved())  # the queue's own model check, cached
+                    runs.check_model(s)  # the queue's own model check, cached
                     if not methods.get_method(s.method).trains:
                         continue
                     trainable, total = ui.count_params(s.to_json())

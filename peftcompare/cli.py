@@ -6,15 +6,29 @@ A user mistake exits with status 2 and one line on stderr, and writes nothing to
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import sys
 from pathlib import Path
 
 from peftcompare.core import methods, tasks
-from peftcompare.engine.preflight import preflight, preflight_all
 from peftcompare.core.spec import RunSpec, spec_fields, with_offline_recipe
+from peftcompare.service import (
+    analysis,
+    bundle,
+    comparing,
+    disagreements,
+    execution,
+    integrity,
+    jobs,
+    plotting,
+    presets,
+    runs,
+    system,
+)
+from peftcompare.service.presets import PRESETS
+from peftcompare.service.runs import preflight, preflight_all
+from peftcompare.service.store import Store
 
 EXIT_USAGE = 2
 
@@ -67,15 +81,12 @@ def _spec_from_args(args, **overrides) -> RunSpec:
 
 
 def _store(args):
-    from peftcompare.service.store import Store
 
     return Store(args.home)
 
 
 # -- commands -------------------------------------------------------------------------------------------
 def cmd_train(args) -> int:
-    from peftcompare.engine import train as train_mod
-
     store = _store(args)
     if args.run_id:  # started by the queue worker: the record exists already
         run = store.get(args.run_id)
@@ -91,7 +102,7 @@ def cmd_train(args) -> int:
     else:
         spec = preflight(_spec_from_args(args, **({"method": methods.BASELINE} if args.command == "zero-shot" else {})))
         run_id = _create_running(store, spec)
-    return train_mod.execute(spec, store, run_id, progress=_progress_bar(spec.label()))
+    return execution.execute(spec, store, run_id, progress=_progress_bar(spec.label()))
 
 
 def _create_running(store, spec) -> str:
@@ -144,14 +155,8 @@ class _TerminalBar:
 
 
 def cmd_params(args) -> int:
-    from peftcompare.engine import models
-    from peftcompare.engine.train import prepare_model
-
     spec = _spec_from_args(args).resolved()
-    models.check_model_name(spec.model_name)
-    loaded = models.load_model(spec.model_name, meta=True)
-    model = prepare_model(spec, loaded, total_steps=100)
-    trainable, total = models.count_parameters(model)
+    trainable, total = runs.count_parameters(spec)
     out = {"model_name": spec.model_name, "method": spec.method, "capacity": spec.capacity,
            "trainable_params": trainable, "total_params": total,
            "trainable_pct": round(100 * trainable / total, 4) if total else 0.0}
@@ -161,43 +166,17 @@ def cmd_params(args) -> int:
     return 0
 
 
-def sweep_specs(base: RunSpec, method_names: list[str], lora_ranks: list[int], virtual_tokens: list[int],
-                seeds: list[int], capacities: dict[str, list[int]] | None = None,
-                zero_shot: bool = True) -> list[RunSpec]:
-    specs = []
-    if zero_shot:
-        specs.append(base.replace(method=methods.BASELINE, seed=seeds[0]))
-    for name in method_names:
-        m = methods.get_method(name)
-        if not m.trains:
-            continue
-        if capacities and name in capacities:
-            caps = capacities[name]
-        elif m.sweep_knob == methods.KNOB_RANK:
-            caps = lora_ranks
-        elif m.sweep_knob == methods.KNOB_TOKENS:
-            caps = virtual_tokens
-        elif m.capacity_name:
-            caps = list(m.capacities)
-        else:
-            caps = [0]
-        for cap, seed in itertools.product(caps, seeds):
-            specs.append(base.replace(method=name, capacity=cap or base.capacity, seed=seed))
-    return specs
-
-
 def cmd_sweep(args) -> int:
-    from peftcompare.service import jobs
-    from peftcompare.engine import train as train_mod
 
     base = _spec_from_args(args, method="lora")
     for name in args.methods:
         methods.get_method(name)
-    specs = sweep_specs(base, args.methods, args.lora_ranks, args.virtual_tokens, args.seeds,
-                        zero_shot=not args.no_zero_shot)
+    specs = runs.sweep_specs(base, args.methods, args.seeds,
+                             knobs={methods.KNOB_RANK: args.lora_ranks, methods.KNOB_TOKENS: args.virtual_tokens},
+                             zero_shot=not args.no_zero_shot)
     preflight_all(specs)
     store = _store(args)
-    todo = [s for s in specs if store.find_completed(s) is None]
+    todo = runs.pending(store, specs)
     print(f"sweep: {len(specs)} runs in the grid, {len(specs) - len(todo)} already stored, {len(todo)} to run")
     if args.enqueue:
         queued = jobs.submit(store, todo).run_ids
@@ -209,12 +188,11 @@ def cmd_sweep(args) -> int:
     for i, spec in enumerate(todo, 1):
         print(f"[{i}/{len(todo)}] {spec.task} {spec.label()}", flush=True)
         run_id = _create_running(store, spec.resolved())
-        failures += train_mod.execute(spec, store, run_id, progress=_progress_bar(f"[{i}/{len(todo)}]")) != 0
+        failures += execution.execute(spec, store, run_id, progress=_progress_bar(f"[{i}/{len(todo)}]")) != 0
     return 1 if failures else 0
 
 
 def cmd_results(args) -> int:
-    from peftcompare.service import analysis
 
     df = analysis.load_df(_store(args), task=args.task)
     if args.format == "csv":
@@ -243,7 +221,6 @@ def cmd_results(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from peftcompare.service import analysis, plotting
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -260,9 +237,8 @@ def cmd_plot(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from peftcompare.engine import compare as infer
 
-    engine = infer.CompareEngine(_store(args))
+    engine = comparing.open_engine(_store(args))
     text = args.text if args.text is not None else sys.stdin.read()
     result = engine.compare(text, args.run_ids, task=args.task, model_name=args.model_name)
     if args.json:
@@ -275,11 +251,10 @@ def cmd_compare(args) -> int:
 
 
 def cmd_disagreements(args) -> int:
-    from peftcompare.engine import disagreements, compare as infer
 
     if args.csv and not Path(args.csv).expanduser().resolve().parent.is_dir():
         raise UserError(f"csv: the folder of {args.csv} does not exist")
-    engine = infer.CompareEngine(_store(args), precision=args.precision)
+    engine = comparing.open_engine(_store(args), precision=args.precision)
     bar = _answers_bar() if sys.stderr.isatty() else None
     try:
         result = disagreements.find(engine, args.run_ids, args.n, task=args.task, model_name=args.model_name,
@@ -309,13 +284,11 @@ def _answers_bar():
 
 
 def cmd_worker(args) -> int:
-    from peftcompare.service import jobs
 
     return jobs.run_worker(_store(args), idle_exit=args.idle_exit)
 
 
 def cmd_enqueue(args) -> int:
-    from peftcompare.service import jobs
 
     store = _store(args)
     out = jobs.submit(store, [_spec_from_args(args)])  # the queue's one policy: limits, duplicates, preflight
@@ -338,13 +311,12 @@ def cmd_cancel(args) -> int:
 def cmd_delete(args) -> int:
     store = _store(args)
     for run_id in args.run_ids:
-        store.delete(run_id)
+        runs.delete_run(store, run_id)
         print(f"deleted {run_id}")
     return 0
 
 
 def cmd_export(args) -> int:
-    from peftcompare.service import bundle
 
     store = _store(args)
     run_ids = args.run_ids or ([r["run_id"] for r in store.list_runs(status=("completed",))] if args.all else [])
@@ -355,7 +327,6 @@ def cmd_export(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from peftcompare.service import bundle
 
     for run_id in bundle.import_bundle(_store(args), args.bundle, overwrite=args.overwrite):
         print(f"imported {run_id}")
@@ -363,7 +334,6 @@ def cmd_import(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from peftcompare.service import integrity
 
     problems = integrity.check(_store(args), fix=args.fix)
     if args.json:
@@ -377,20 +347,16 @@ def cmd_check(args) -> int:
 
 
 def cmd_versions(args) -> int:
-    from peftcompare.engine import runtime
-
-    for name, version in runtime.versions().items():
+    for name, version in system.versions().items():
         print(f"{name} {version}")
     return 0
 
 
 def cmd_preset(args) -> int:
-    from peftcompare.service import jobs, presets
-    from peftcompare.engine import models, train as train_mod
 
     p = presets.get_preset(args.name)
     offline = args.offline
-    if not offline and not models.hub_reachable():
+    if not offline and not system.hub_reachable():
         offline = True
         print(f"the Hugging Face Hub is unreachable: running {p.name} on {p.offline_model} instead of "
               f"{', '.join(p.models)}", file=sys.stderr)
@@ -407,13 +373,13 @@ def cmd_preset(args) -> int:
             jobs.ensure_worker(store)
         print(f"{p.title}: {len(out['run_ids'])} runs enqueued, {out['skipped']} already stored or queued")
         return 0
-    todo = [s for s in specs if store.find_completed(s) is None]
+    todo = runs.pending(store, specs)
     print(f"{p.title}: {len(specs)} runs, {len(specs) - len(todo)} already stored, {len(todo)} to run")
     failures = 0
     for i, spec in enumerate(todo, 1):
         print(f"[{i}/{len(todo)}] {spec.model_name} {spec.dataset} {spec.label()}", flush=True)
         run_id = _create_running(store, spec.resolved())
-        failures += train_mod.execute(spec, store, run_id, progress=_progress_bar(f"[{i}/{len(todo)}]")) != 0
+        failures += execution.execute(spec, store, run_id, progress=_progress_bar(f"[{i}/{len(todo)}]")) != 0
     return 1 if failures else 0
 
 
@@ -485,7 +451,6 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("run_ids", nargs="+")
     d = cmd("delete", cmd_delete, "Delete finished runs and their adapters.")
     d.add_argument("run_ids", nargs="+")
-    from peftcompare.service.presets import PRESETS
 
     pr = cmd("preset", cmd_preset, "Run (or --enqueue) every run of a reference experiment.")
     pr.add_argument("name", choices=list(PRESETS), help="The preset.")

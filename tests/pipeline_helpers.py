@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from peftcompare.engine import train as train_mod
+from peftcompare.service import execution
 from peftcompare.core.spec import RunSpec
 from peftcompare.service.store import Store
 
@@ -25,7 +25,7 @@ def tiny_spec(**overrides) -> RunSpec:
 
 def run_in_process(store: Store, spec: RunSpec) -> dict:
     run_id = store.create_run(spec, status="running")
-    code = train_mod.execute(spec, store, run_id)
+    code = execution.execute(spec, store, run_id)
     run = store.get(run_id)
     assert code == 0, run.get("error")
     return run

@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 from conftest import APP, stop_processes
 from peftcompare.engine import adapters
 from peftcompare.engine import data as data_mod
-from peftcompare.engine import disagreements as dis
+from peftcompare.service import disagreements as dis
 from peftcompare.engine import evaluate as eval_mod
 from peftcompare.engine import compare as infer
 from peftcompare.service.store import Store

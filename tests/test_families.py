@@ -10,6 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from peftcompare.engine import builtin, families, models, train  # noqa: E402
 from peftcompare.engine.families import IGNORE_INDEX  # noqa: E402
 from peftcompare.core.spec import RunSpec  # noqa: E402
+from peftcompare.service.execution import execute  # noqa: E402
 from peftcompare.service.store import Store  # noqa: E402
 
 TINY = {"builtin:tiny-t5": "seq2seq", "builtin:tiny-bart": "seq2seq", "builtin:tiny-gpt2": "causal",
@@ -149,7 +150,7 @@ def test_encoder_cannot_summarize(tmp_path):
     spec = RunSpec(task="summarization", model_name="builtin:tiny-bert", method="lora", train_samples=4,
                    eval_samples=2)
     run_id = store.create_run(spec.resolved(), status="running")
-    assert train.execute(spec, store, run_id) == 1
+    assert execute(spec, store, run_id) == 1
     assert store.get(run_id)["error"] == "task: builtin:tiny-bert is an encoder classifier and cannot summarize"
 
 

@@ -8,8 +8,9 @@ import torch
 
 from peftcompare.engine import data as data_mod
 from peftcompare.engine import evaluate as eval_mod
-from peftcompare.engine import models, runtime, train
+from peftcompare.engine import models, runtime
 from peftcompare.core.spec import RunSpec
+from peftcompare.service.execution import execute
 from peftcompare.service.store import Store
 
 FAST_KEYS = {"threads", "flush_denormal", "gomp_spincount", "precision", "dynamic_padding",
@@ -27,7 +28,7 @@ def test_run_records_every_fast_path(tmp_path):
     spec = RunSpec(model_name="builtin:tiny-t5", method="lora", capacity=4, train_samples=16, eval_samples=4,
                    num_train_epochs=1, per_device_train_batch_size=8)
     run_id = store.create_run(spec, status="running")
-    assert train.execute(spec, store, run_id) == 0
+    assert execute(spec, store, run_id) == 0
     fast = store.get(run_id)["fast_paths"]
     assert FAST_KEYS <= set(fast)
     assert fast["flush_denormal"] is True and fast["dynamic_padding"] and fast["length_grouped_batches"]

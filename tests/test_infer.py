@@ -10,16 +10,17 @@ import torch
 from peftcompare.engine import adapters
 from peftcompare.engine import data as data_mod
 from peftcompare.engine import evaluate as eval_mod
-from peftcompare.engine import compare as infer, train
+from peftcompare.engine import compare as infer
 from peftcompare.core import methods
 from peftcompare.core.spec import RunSpec
+from peftcompare.service import execution
 from peftcompare.service.store import Store
 
 TEXT = "a warm , funny and surprisingly moving film"
 DIALOGUE = "Anna: are we still on for lunch?\nBen: yes, 12:30 at the usual place.\nAnna: great, see you!"
 CLASSIFY = [("lora", 4, 1), ("lora", 8, 2), ("prompt", 4, 1), ("prompt", 6, 2), ("ptuning", 4, 1),
             ("prefix", 4, 1), ("ia3", 0, 1), ("adalora", 4, 1), ("full", 0, 1), ("last_layers", 1, 1),
-            ("bitfit", 0, 1)]
+            ("bitfit", 0, 1), ("prefix_full", 4, 1)]
 SUMMARIZE = [("lora", 4, 1), ("lora", 8, 2), ("prompt", 4, 1), ("ptuning", 6, 1)]
 
 
@@ -29,7 +30,7 @@ def _train(store, task, method, capacity, seed):
                    train_samples=8, eval_samples=2, num_train_epochs=2, per_device_train_batch_size=4,
                    learning_rate=2e-2, precision="fp32", **extra)
     run_id = store.create_run(spec, status="running")
-    assert train.execute(spec, store, run_id) == 0, store.get(run_id).get("error")
+    assert execution.execute(spec, store, run_id) == 0, store.get(run_id).get("error")
     return run_id
 
 
@@ -65,7 +66,9 @@ def _alone(store, run_id, text):
 def test_every_method_answers_in_one_comparison(trained, engine):
     store, cls, _ = trained
     out = engine.compare(TEXT, list(cls.values()))
-    assert {c["method"] for c in out["columns"]} == set(methods.METHODS)
+    assert {c["method"] for c in out["columns"]} == {m for m, _, _ in CLASSIFY} | {methods.BASELINE}
+    # every way the engine serves an adapter is exercised here (each method's own answer: tests/test_zoo.py)
+    assert {methods.get_method(c["method"]).serve for c in out["columns"]} == {m.serve for m in methods.METHODS.values()}
     by_key = {c["key"]: c for c in out["columns"]}
     n_lora = sum(1 for m, _, _ in CLASSIFY if m == "lora")
     assert by_key[infer.BASE]["batched_with"] == 1 + n_lora  # zero-shot rides with the LoRA adapters
@@ -180,3 +183,27 @@ def test_lora_bank_equals_peft_mixed_batches(trained):
                 assert b["probability"] == pytest.approx(p["probability"], abs=1e-5)
     with pytest.raises(ValueError, match="lora_backend"):
         infer.CompareEngine(store, "cpu", lora_backend="fast")
+
+
+def test_every_serve_kind_has_a_runner():
+    """One dispatch table covers every SERVE_* kind, so a method registered with any of them is served."""
+    kinds = {v for k, v in vars(methods.base).items() if k.startswith("SERVE_")}
+    assert kinds and set(infer.RUNNERS) == kinds
+    assert all(m.serve in infer.RUNNERS for m in methods.METHODS.values())
+
+
+def test_a_new_peft_method_is_served_without_changes(tmp_path, monkeypatch):
+    """A method registered with serve=SERVE_PEFT (here LoRA's config under a new name) trains and answers in
+    a comparison exactly as it does alone, with no change to the Compare engine."""
+    import dataclasses
+
+    new = dataclasses.replace(methods.get_method("lora"), name="lora_via_peft", title="LoRA via PEFT",
+                              serve=methods.SERVE_PEFT)
+    monkeypatch.setitem(methods.METHODS, new.name, new)
+    store = Store(tmp_path / "home")
+    run_id = _train(store, "classification", new.name, 4, 1)
+    out = {c["key"]: c for c in infer.CompareEngine(store, "cpu", "fp32").compare(TEXT, [run_id])["columns"]}
+    label, prob = _alone(store, run_id, TEXT)
+    assert out[run_id]["method"] == new.name and out[run_id]["batched_with"] == 1  # its own pass
+    assert out[run_id]["output"] == label
+    assert out[run_id]["probability"] == pytest.approx(prob, abs=1e-4)

@@ -8,13 +8,15 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from peftcompare.service import execution  # noqa: E402
 from peftcompare.engine import adapters
 from peftcompare.engine import data as data_mod  # noqa: E402
 from peftcompare.engine import evaluate as eval_mod  # noqa: E402
-from peftcompare.engine import families, compare as infer, models, runtime, train
+from peftcompare.engine import families, models, runtime, train
 from peftcompare.core import methods  # noqa: E402
 from peftcompare.core.spec import RunSpec  # noqa: E402
 from peftcompare.service.store import Store  # noqa: E402
+from pipeline_helpers import cli  # noqa: E402
 
 # PEFT warns that AdaLoRA's saved rank_pattern keys match no module on reload; it resizes by them anyway
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -145,7 +147,11 @@ def test_bitfit_on_t5_tunes_layer_norms_and_says_so():
 
 # -- every method x family trains and reloads -------------------------------------------------------------
 TINY = ["builtin:tiny-bart", "builtin:tiny-gpt2", "builtin:tiny-bert"]
+FAMILY = {"builtin:tiny-bart": "seq2seq", "builtin:tiny-gpt2": "causal", "builtin:tiny-bert": "encoder"}
 TRAINABLE = methods.trainable_methods()
+# every method on every tiny model of a family it works on; the other pairs must be refused (test below)
+PAIRS = [(m, t) for m in TRAINABLE for t in TINY if FAMILY[t] in methods.get_method(m).works_on]
+REFUSED = [(m, t) for m in TRAINABLE for t in TINY if FAMILY[t] not in methods.get_method(m).works_on]
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +161,7 @@ def store(tmp_path_factory):
 
 def _run(store, spec):
     run_id = store.create_run(spec.resolved(), status="running")
-    assert train.execute(spec, store, run_id) == 0, store.get(run_id).get("error")
+    assert execution.execute(spec, store, run_id) == 0, store.get(run_id).get("error")
     return store.get(run_id)
 
 
@@ -177,8 +183,7 @@ def zero_shot(store):
             for m in TINY}
 
 
-@pytest.mark.parametrize("model_name", TINY)
-@pytest.mark.parametrize("method", TRAINABLE)
+@pytest.mark.parametrize("method, model_name", PAIRS)
 def test_trains_and_reloads(store, zero_shot, model_name, method):
     spec = RunSpec(model_name=model_name, method=method, capacity=1 if method == "last_layers" else 4,
                    train_samples=8, eval_samples=6, num_train_epochs=1, per_device_train_batch_size=4,
@@ -193,6 +198,15 @@ def test_trains_and_reloads(store, zero_shot, model_name, method):
     assert math.isclose(again, stored, rel_tol=1e-4, abs_tol=1e-6)
     # and training changed something: the scores are not the zero-shot model's
     assert not math.isclose(stored, zero_shot[model_name]["metrics"]["mean_probability"], rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("method, model_name", REFUSED)
+def test_a_method_on_a_family_it_cannot_train_is_refused_in_one_line(tmp_path, method, model_name):
+    proc = cli("train", "--model_name", model_name, "--method", method, "--capacity", "4", "--train_samples", "8",
+               home=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "does not work on" in proc.stderr and "Traceback" not in proc.stderr
+    assert Store(tmp_path).list_runs() == []
 
 
 def test_adalora_reallocates_ranks(store):

@@ -11,7 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from peftcompare.service import analysis, presets
 from peftcompare import cli
-from peftcompare.engine import train  # noqa: E402
+from peftcompare.service import execution  # noqa: E402
 from peftcompare.core.spec import RunSpec  # noqa: E402
 from peftcompare.service.store import Store  # noqa: E402
 
@@ -83,7 +83,7 @@ def ran(tmp_path_factory):
     for name in presets.PRESETS:
         for spec in presets.preset_specs(name, offline=True, quick=True):
             run_id = store.create_run(spec.resolved(), status="running")
-            assert train.execute(spec, store, run_id) == 0, (name, spec.label(), store.get(run_id)["error"])
+            assert execution.execute(spec, store, run_id) == 0, (name, spec.label(), store.get(run_id)["error"])
     return store
 
 
@@ -219,5 +219,5 @@ def test_local_files_with_column_mapping_and_template(tmp_path):
     assert task_data.label_words == ["bad", "good"] and task_data.source == "file"
     store = Store(tmp_path / "home")
     run_id = store.create_run(spec.resolved(), status="running")
-    assert train.execute(spec, store, run_id) == 0, store.get(run_id)["error"]
+    assert execution.execute(spec, store, run_id) == 0, store.get(run_id)["error"]
     assert store.get(run_id)["spec"].prompt_template == "Movie: {text}"  # recorded with the run

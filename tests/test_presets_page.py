@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 from conftest import APP
 from peftcompare.service import curves, jobs, presets
 from peftcompare.core import methods
-from peftcompare.engine import train
+from peftcompare.service import execution  # noqa: E402
 from peftcompare.service.store import Store
 
 LONG_LINE = "RuntimeError: " + "the tiny model ran out of patience " * 12
@@ -31,7 +31,7 @@ def bert_home(tmp_path_factory):
                              error="the training process exited with status 1 without finishing")
         else:
             run_id = store.create_run(spec.resolved(), status="running")
-            assert train.execute(spec, store, run_id) == 0, store.get(run_id)["error"]
+            assert execution.execute(spec, store, run_id) == 0, store.get(run_id)["error"]
     return store
 
 

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from peftcompare.engine import adapters
-from peftcompare.service import bundle, integrity, jobs, policy as public
+from peftcompare.service import bundle, integrity, jobs, policy as public, runs
 from peftcompare import cli
-from peftcompare.engine import data, compare as infer, models
+from peftcompare.engine import data, models
+from peftcompare.core import tasks
 from peftcompare.core.spec import RunSpec
 from peftcompare.service.store import Store, check_run_id
 
@@ -54,7 +55,7 @@ def test_trust_remote_code_is_never_true():
 
 
 def test_weights_load_from_safetensors_only():
-    text = (REPO / "peftcompare" / "models.py").read_text()
+    text = (REPO / "peftcompare" / "engine" / "models.py").read_text()
     calls = re.findall(r"auto_class\(\)\.from_pretrained\((.*?)\)\n", text, re.S)
     assert calls and all("use_safetensors=True" in c for c in calls)
 
@@ -118,7 +119,7 @@ def test_uploaded_files_get_generated_names(tmp_path, monkeypatch):
             ui.save_upload(store, name, b"a,b\n")
     with pytest.raises(ValueError, match="empty"):
         ui.save_upload(store, "a.csv", b"")
-    monkeypatch.setattr(data, "MAX_UPLOAD_BYTES", 10)
+    monkeypatch.setattr(tasks, "MAX_UPLOAD_BYTES", 10)
     with pytest.raises(ValueError, match="larger"):
         ui.save_upload(store, "a.csv", b"x" * 11)
     assert len(list(uploads.iterdir())) == 1
@@ -155,6 +156,29 @@ def test_adapters_with_pickles_are_never_loaded(tmp_path):
         with pytest.raises(ValueError, match=words):
             adapters.read_adapter(bad)
         assert integrity.adapter_problems(bad)
+
+
+def test_the_adapter_contract_is_read_in_one_place(tmp_path):
+    """read_adapter parses adapter_config.json into the record (the engine opens it nowhere else); a missing
+    or corrupt config is one line from read_adapter and a problem for the integrity check."""
+    good = fake_adapter(tmp_path / "good")
+    (good / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "lora_alpha": 16}))
+    rec = adapters.read_adapter(good)
+    assert rec["_config"] == {"peft_type": "LORA", "lora_alpha": 16} and rec["_weights"].name.endswith(".safetensors")
+    assert integrity.adapter_problems(good) == [] and integrity.adapter_problems(good, "other") != []
+    for damage, words in (("not json", "adapter_config.json is corrupt"), (None, "no adapter_config.json"),
+                          ("[1, 2]", "adapter_config.json is corrupt")):
+        bad = fake_adapter(tmp_path / f"bad{len(list(tmp_path.iterdir()))}")
+        if damage is None:
+            (bad / "adapter_config.json").unlink()
+        else:
+            (bad / "adapter_config.json").write_text(damage)
+        with pytest.raises(ValueError, match=words):
+            adapters.read_adapter(bad)
+        assert integrity.adapter_problems(bad) == [words + (" (incomplete adapter)" if damage is None else "")]
+    engine = (REPO / "peftcompare" / "engine")
+    readers = [p.name for p in engine.rglob("*.py") if "adapter_config.json" in p.read_text()]
+    assert readers == ["adapters.py"]
 
 
 # -- public mode --------------------------------------------------------------------------------------------
@@ -210,7 +234,7 @@ def test_public_mode_turns_delete_and_import_off(tmp_path, monkeypatch, capsys):
     (tmp_path / "b.zip").write_bytes(b"PK")
     monkeypatch.setenv("PEFTCOMPARE_PUBLIC", "1")
     with pytest.raises(ValueError, match="turned off"):
-        store.delete(run_id)
+        runs.delete_run(store, run_id)
     with pytest.raises(ValueError, match="turned off"):
         bundle.import_bundle(store, tmp_path / "b.zip")
     assert cli.main(["--home", str(tmp_path), "delete", run_id]) == 2
@@ -218,5 +242,5 @@ def test_public_mode_turns_delete_and_import_off(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err.count("turned off on this public instance") == 2
     assert store.get(run_id) is not None
     monkeypatch.delenv("PEFTCOMPARE_PUBLIC")
-    store.delete(run_id)
+    runs.delete_run(store, run_id)
     assert store.get(run_id) is None

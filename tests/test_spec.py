@@ -60,4 +60,4 @@ def test_every_field_has_help():
 
 
 def test_json_has_version():
-    assert json.loads(RunSpec().to_json())["spec_version"] == 1
+    assert json.loads(RunSpec().to_json())["spec_version"] == 2

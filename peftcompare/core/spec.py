@@ -17,7 +17,11 @@ from typing import Any
 from peftcompare.core import methods, tasks
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-SPEC_VERSION = 1
+SELECTIONS = ("dev", "validation")
+# 2: `selection` and `dev_samples`. A version-1 spec had no dev split: its best epoch was chosen on validation.
+SPEC_VERSION = 2
+# fields added after version 1, with the value that does what version 1 did: left out of the spec hash then
+_HASH_NEUTRAL = {"selection": "validation", "dev_samples": 0}
 
 # -- the offline lesson: one recipe for the built-in tiny models ----------------------------------------
 # builtin:tiny-* models have a few hundred thousand parameters, pretrained once per machine on generated
@@ -92,6 +96,9 @@ class RunSpec:
     target_column: str = _f("", "Target column (label or summary). Empty: the dataset preset's column.")
     prompt_template: str = _f("", "Input template with {text} for the input column. Empty: the dataset "
                               "preset's template (e.g. 'sst2: {text}').")
+    answer_cue: str = _f("", "Decoder-only (causal) models: the text after the prompt that asks for the "
+                         "answer, e.g. a newline and 'Sentiment:'; the answer follows after a space. Empty: the "
+                         "dataset preset's cue. Seq2seq and encoder models ignore it.")
     train_samples: int = _f(2000, "Training examples, a deterministic subsample by seed (0 = all).")
     eval_samples: int = _f(0, "Validation examples to evaluate on (0 = all), the first N in a fixed order so "
                            "every run of a task sees the same ones.")
@@ -113,6 +120,11 @@ class RunSpec:
                         "or fp16 (GPU only).", choices=PRECISIONS)
     weight_decay: float = _f(0.0, "AdamW weight decay.")
     warmup_ratio: float = _f(0.0, "Fraction of steps with linear warm-up.")
+    selection: str = _f("validation", "Where the best epoch (and any hyper-parameter) is chosen: 'dev', a split carved from "
+                         "the training data (disjoint from the training subsample, deterministic by seed), with "
+                         "the validation split evaluated once on the chosen state; or 'validation', the original "
+                         "experiment's protocol (chosen and reported on the same split: optimistic).")
+    dev_samples: int = _f(0, "Size of the dev split (0 = 10% of train_samples, at least 100 where the data allows).")
 
     # -- construction -------------------------------------------------------------------------------
     def __post_init__(self):
@@ -141,6 +153,8 @@ class RunSpec:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ValueError(f"spec: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        if isinstance(data, dict) and isinstance(data.get("spec_version"), int) and data["spec_version"] < 2:
+            data.setdefault("selection", "validation")  # what a version-1 run actually did
         return cls.from_dict(data)
 
     def to_dict(self) -> dict[str, Any]:
@@ -162,6 +176,7 @@ class RunSpec:
             text_column=self.text_column or ds.text_column,
             target_column=self.target_column or ds.target_column,
             prompt_template=self.prompt_template or ds.prompt_template,
+            answer_cue=self.answer_cue or ds.answer_cue,
             max_source_length=self.max_source_length or ds.max_source_length or t.max_source_length,
             max_target_length=self.max_target_length or t.max_target_length,
             lora_alpha=self.lora_alpha or max(16, 2 * self.capacity),
@@ -170,7 +185,13 @@ class RunSpec:
 
     def spec_hash(self) -> str:
         """Identity of what is asked: two specs with the same hash are the same experiment."""
-        payload = json.dumps(self.resolved().to_dict(), sort_keys=True)
+        values = self.resolved().to_dict()
+        for name, legacy in _HASH_NEUTRAL.items():  # a version-1 run and its version-2 twin are one experiment
+            if values.get(name) == legacy:
+                values.pop(name)
+        if values.get("answer_cue") == tasks.get_dataset(values["dataset"]).answer_cue:
+            values.pop("answer_cue")  # the dataset's own cue: the spec asks what it asked before the field existed
+        payload = json.dumps(values, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def label(self) -> str:
@@ -261,11 +282,19 @@ def _validate(s: RunSpec) -> None:
         raise ValueError(f"lora_dropout: must be in [0, 1), got {s.lora_dropout}")
     if not 0 <= s.warmup_ratio < 1:
         raise ValueError(f"warmup_ratio: must be in [0, 1), got {s.warmup_ratio}")
+    if s.selection not in SELECTIONS:
+        raise ValueError(f"selection: must be one of {', '.join(SELECTIONS)}, got {s.selection!r}")
+    if s.dev_samples < 0:
+        raise ValueError(f"dev_samples: must be >= 0, got {s.dev_samples}")
     if s.precision not in PRECISIONS:
         raise ValueError(f"precision: must be one of {', '.join(PRECISIONS)}, got {s.precision!r}")
     mods = [t.strip() for t in s.target_modules.split(",")]
     if not all(t and t.replace("_", "").replace(".", "").isalnum() for t in mods):
         raise ValueError(f"target_modules: expected comma-separated module names, got {s.target_modules!r}")
+    if len(s.answer_cue) > 200:
+        raise ValueError("answer_cue: at most 200 characters")
+    if s.answer_cue != s.answer_cue.rstrip(" \t"):
+        raise ValueError("answer_cue: must not end with a space (the answer follows the cue after one)")
     if s.prompt_template and "{text}" not in s.prompt_template:
         raise ValueError("prompt_template: must contain {text}")
     if s.prompt_template:

@@ -5,6 +5,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SAMPLES_DIR = Path(__file__).resolve().parents[1] / "samples"  # package data, beside the layers
+# the data files a user may give (a path or an upload), and how large
+FORMATS = (".jsonl", ".json", ".csv", ".parquet")
+MAX_UPLOAD_BYTES = 200 * 1024 * 1024
 
 
 SCORE_LABELS = "labels"  # each label word's likelihood is scored; the likeliest is the prediction
@@ -64,6 +67,9 @@ class Dataset:
     label_names: tuple[str, ...] = ()  # integer label -> target word, classification only
     max_source_length: int = 0  # 0: the task's default
     description: str = ""
+    # what a decoder-only model reads after the prompt, before its answer (which follows after a space):
+    # without it a pretrained LM is asked for the answer in mid-sentence
+    answer_cue: str = ""
 
 
 TASKS: dict[str, Task] = {
@@ -80,20 +86,21 @@ TASKS: dict[str, Task] = {
 DATASETS: dict[str, Dataset] = {
     "sst2": Dataset("sst2", "classification", "nyu-mll/glue", "sst2", "train", "validation", "sentence", "label",
                     "sst2: {text}", "sst2", ("negative", "positive"),
-                    description="GLUE SST-2 movie-review sentences, positive/negative"),
+                    description="GLUE SST-2 movie-review sentences, positive/negative", answer_cue="\nSentiment:"),
     "samsum": Dataset("samsum", "summarization", "knkarthick/samsum", None, "train", "validation", "dialogue",
                       "summary", "summarize: {text}", "samsum",
-                      description="SAMSum messenger-like dialogues with one-line summaries"),
+                      description="SAMSum messenger-like dialogues with one-line summaries", answer_cue="\nSummary:"),
     "imdb": Dataset("imdb", "classification", "stanfordnlp/imdb", None, "train", "test", "text", "label",
                     "Review: {text}", "imdb", ("negative", "positive"), max_source_length=128,
-                    description="IMDb long movie reviews, positive/negative"),
+                    description="IMDb long movie reviews, positive/negative", answer_cue="\nSentiment:"),
     "dialogsum": Dataset("dialogsum", "summarization", "knkarthick/dialogsum", None, "train", "validation",
                          "dialogue", "summary",
                          "Summarize the following conversation.\n{text}\nSummary:", "dialogsum",
-                         description="DialogSum everyday dialogues with summaries"),
+                         description="DialogSum everyday dialogues with summaries"),  # its template ends in the cue
     "cnn_dailymail": Dataset("cnn_dailymail", "summarization", "abisee/cnn_dailymail", "3.0.0", "train",
                              "validation", "article", "highlights", "summarize: {text}", "cnn_dailymail",
-                             description="CNN/DailyMail news articles and their highlights"),
+                             description="CNN/DailyMail news articles and their highlights",
+                             answer_cue="\nSummary:"),
 }
 
 

@@ -9,9 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from peftcompare.core import tasks
-
-MAX_UPLOAD_BYTES = 200 * 1024 * 1024
-FORMATS = (".jsonl", ".json", ".csv", ".parquet")
+from peftcompare.engine.runtime import hub_reachable
 
 
 @dataclass
@@ -24,6 +22,9 @@ class Example:
 class TaskData:
     train: list[Example]
     validation: list[Example]
+    # carved from the training data, disjoint from `train`: what best-epoch and hyper-parameter selection see
+    # (empty with selection=validation, the original experiment's protocol)
+    dev: list[Example] = field(default_factory=list)
     label_words: list[str] = field(default_factory=list)  # classification only
     source: str = ""  # hub | file | sample
     notice: str = ""  # one line for the user when we fell back to the bundled samples
@@ -47,10 +48,10 @@ def read_table(path: str, what: str = "file"):
     p = Path(os.path.expanduser(path))
     if not p.is_file():
         raise ValueError(f"{what}: {path} does not exist")
-    if p.suffix.lower() not in FORMATS:
-        raise ValueError(f"{what}: {p.name} is not JSONL, CSV or parquet (expected {', '.join(FORMATS)})")
-    if p.stat().st_size > MAX_UPLOAD_BYTES:
-        raise ValueError(f"{what}: {p.name} is larger than {MAX_UPLOAD_BYTES // 2**20} MB")
+    if p.suffix.lower() not in tasks.FORMATS:
+        raise ValueError(f"{what}: {p.name} is not JSONL, CSV or parquet (expected {', '.join(tasks.FORMATS)})")
+    if p.stat().st_size > tasks.MAX_UPLOAD_BYTES:
+        raise ValueError(f"{what}: {p.name} is larger than {tasks.MAX_UPLOAD_BYTES // 2**20} MB")
     if p.stat().st_size == 0:
         raise ValueError(f"{what}: {p.name} is empty")
     try:
@@ -74,11 +75,17 @@ def read_table(path: str, what: str = "file"):
     return df
 
 
+def _shown(name) -> str:
+    """A column name as typed where it is printable, else quoted: the message stays one readable line."""
+    text = str(name)
+    return text if text.isprintable() else repr(text)
+
+
 def _examples(df, text_col: str, target_col: str, label_names: tuple[str, ...], what: str) -> list[Example]:
     missing = [c for c in (text_col, target_col) if c not in df.columns]
     if missing:
         raise ValueError(f"{what}: missing column(s) {', '.join(missing)} (found: "
-                         f"{', '.join(map(str, df.columns[:12]))})")
+                         f"{', '.join(_shown(c) for c in df.columns[:12])})")
     out = []
     for text, target in zip(df[text_col].tolist(), df[target_col].tolist()):
         if text is None or (isinstance(text, float) and text != text):
@@ -116,7 +123,6 @@ def _hub_split(ds: tasks.Dataset, split: str):
 
 def load_task_data(spec) -> TaskData:
     """The spec's training and validation examples (spec must be resolved())."""
-    from peftcompare.engine.runtime import hub_reachable
 
     ds = tasks.get_dataset(spec.dataset)
     label_names = ds.label_names if tasks.get_task(spec.task).scores_labels else ()
@@ -158,17 +164,55 @@ def load_task_data(spec) -> TaskData:
         unknown = {e.target for e in val} - set(label_words)
         if unknown:
             raise ValueError(f"validation_file: labels {sorted(unknown)[:5]} never seen in training")
-    train = subsample(train, spec.train_samples, spec.seed)
+    train, dev = split_dev(train, spec)
     val = val[: spec.eval_samples] if spec.eval_samples else val
-    return TaskData(train, val, label_words, source, notice)
+    return TaskData(train, val, dev, label_words, source, notice)
+
+
+DEV_FRACTION = 0.1  # of train_samples (of the training data when it is all used)
+DEV_MIN = 100  # where the data allows: a dev set of 20 moves the best epoch by noise alone
+_DEV_SALT = 7919  # the dev draw has its own random stream, so it never replays the training subsample's
+
+
+def dev_size(spec, available: int) -> int:
+    """How many dev examples a spec asks for: dev_samples, else 10 % of train_samples, at least 100."""
+    if spec.dev_samples:
+        return spec.dev_samples
+    base = spec.train_samples or available
+    return max(DEV_MIN, int(round(DEV_FRACTION * base)))
+
+
+def split_dev(examples: list, spec) -> tuple[list, list]:
+    """(train, dev). The training subsample is drawn exactly as without a dev split (same seed, same
+    examples: selection=validation reproduces the original experiment), and the dev set comes from the
+    examples it left out, deterministic by seed. Where the subsample is the whole training set (or leaves
+    fewer than asked), the dev set is carved out of it and the subsample shrinks by as many. The two never
+    share an example."""
+    train = subsample(examples, spec.train_samples, spec.seed)
+    if spec.selection != "dev":
+        return train, []
+    chosen = set(_subsample_indices(len(examples), spec.train_samples, spec.seed))
+    rest = [i for i in range(len(examples)) if i not in chosen]
+    want = dev_size(spec, len(examples))
+    rng = random.Random(spec.seed * _DEV_SALT + 1)
+    if len(rest) >= want:
+        return train, [examples[i] for i in sorted(rng.sample(rest, want))]
+    # too few left over: take the rest, then carve the remainder out of the subsample (keep at least half)
+    need = min(want - len(rest), len(chosen) // 2)
+    carved = set(rng.sample(sorted(chosen), need)) if need > 0 else set()
+    dev_idx = sorted(set(rest) | carved)
+    return [examples[i] for i in sorted(chosen - carved)], [examples[i] for i in dev_idx]
+
+
+def _subsample_indices(total: int, n: int, seed: int) -> list[int]:
+    if not n or n >= total:
+        return list(range(total))
+    return sorted(random.Random(seed).sample(range(total), n))
 
 
 def subsample(examples: list, n: int, seed: int) -> list:
     """n examples chosen by seed, kept in their original order; all of them when n is 0 or too large."""
-    if not n or n >= len(examples):
-        return list(examples)
-    keep = sorted(random.Random(seed).sample(range(len(examples)), n))
-    return [examples[i] for i in keep]
+    return [examples[i] for i in _subsample_indices(len(examples), n, seed)]
 
 
 def render(template: str, text: str) -> str:

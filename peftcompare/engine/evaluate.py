@@ -6,7 +6,7 @@ from contextlib import nullcontext
 
 import torch
 
-from peftcompare.core.tasks import get_task
+from peftcompare.core.tasks import get_task, positive_label
 from peftcompare.engine import data as data_mod
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -33,17 +33,60 @@ def _sentences(text: str) -> str:
     return "\n".join(s for s in _SENTENCE_END.split(text.strip()) if s)
 
 
-def rouge(predictions: list[str], references: list[str]) -> dict:
+ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+
+
+def rouge_each(predictions: list[str], references: list[str]) -> list[dict]:
+    """Per-example ROUGE F-measures (stemmed), the numbers `rouge` averages."""
     from rouge_score import rouge_scorer
 
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=True)
-    totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0, "rougeLsum": 0.0}
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
+    out = []
     for pred, ref in zip(predictions, references):
         s = scorer.score(_sentences(ref), _sentences(pred))
-        for k in totals:
-            totals[k] += s[k].fmeasure
-    n = max(len(predictions), 1)
-    return {k: v / n for k, v in totals.items()}
+        out.append({k: s[k].fmeasure for k in ROUGE_KEYS})
+    return out
+
+
+def rouge(predictions: list[str], references: list[str]) -> dict:
+    each = rouge_each(predictions, references)
+    n = max(len(each), 1)
+    return {k: sum(e[k] for e in each) / n for k in ROUGE_KEYS}
+
+
+def parse_label(text: str, label_words: list[str]) -> str | None:
+    """The original experiment's reading of a generated answer: the label word that occurs first (as a
+    substring, case-insensitive) wins; with none, the label whose first letter the answer starts with, where
+    that letter names exactly one label; else None (counted as wrong)."""
+    low = text.lower()
+    found = [(low.find(w.lower()), w) for w in label_words if w.lower() in low]
+    if found:
+        return min(found)[1]
+    start = low.strip()[:1]
+    by_letter = [w for w in label_words if w[:1].lower() == start] if start else []
+    return by_letter[0] if len(by_letter) == 1 else None
+
+
+GENERATE_TOKENS = 8  # the original experiment generated up to 8 tokens for a label
+
+
+def generated_label_metrics(model, family, tokenizer, features: list[dict], references: list[str],
+                            label_words: list[str], batch_size: int, device: str = "cpu", dtype=None) -> dict:
+    """Classification scored the way the original experiment (and several published notebooks) scored it:
+    greedy generation of up to 8 tokens, parsed by `parse_label`. Recorded beside the label-scoring metrics
+    as accuracy_generate / f1_generate, so numbers line up with published ones."""
+
+    texts = summarize(model, family, tokenizer, features, batch_size, GENERATE_TOKENS, device, dtype)
+    parsed = [parse_label(t, label_words) for t in texts]
+    positive = positive_label(label_words)
+    # an unparsed answer is wrong, and never the positive class: F1 of the positive class counts it as a miss
+    n = max(len(parsed), 1)
+    tp = sum(p == positive and r == positive for p, r in zip(parsed, references))
+    fp = sum(p == positive and r != positive for p, r in zip(parsed, references))
+    fn = sum(p != positive and r == positive for p, r in zip(parsed, references))
+    return {"accuracy_generate": sum(p == r for p, r in zip(parsed, references)) / n,
+            "f1_generate": 2 * tp / (2 * tp + fp + fn) if tp else 0.0,
+            "unparsed_generate": sum(p is None for p in parsed) / n}
 
 
 def label_token_ids(tokenizer, label_words: list[str]) -> list[list[int]]:
@@ -96,20 +139,26 @@ def evaluate(model, family, tokenizer, spec, examples, features, label_words, de
     try:
         refs = [e.target for e in examples]
         if get_task(spec.task).scores_labels:
-            from peftcompare.core.tasks import positive_label
 
             preds, probs = classify(model, family, tokenizer, features, label_words,
                                     spec.per_device_eval_batch_size, device, dtype)
             metrics = classification_metrics(preds, refs, positive_label(label_words))
             metrics["mean_probability"] = sum(probs) / max(len(probs), 1)
+            per = {"prediction": preds, "probability": [round(x, 5) for x in probs],
+                   "correct": [int(p == r) for p, r in zip(preds, refs)]}
         else:
             preds = summarize(model, family, tokenizer, features, spec.per_device_eval_batch_size,
                               spec.max_target_length, device, dtype)
-            metrics = rouge(preds, refs)
+            each = rouge_each(preds, refs)
+            metrics = {k: sum(e[k] for e in each) / max(len(each), 1) for k in ROUGE_KEYS}
             metrics["gen_len"] = sum(len(p.split()) for p in preds) / max(len(preds), 1)
+            per = {"prediction": preds, "rougeL": [round(e["rougeL"], 5) for e in each]}
         metrics["eval_samples"] = len(examples)
         metrics["_predictions"] = [{"input": e.text[:300], "reference": e.target, "prediction": p}
                                    for e, p in list(zip(examples, preds))[:8]]
+        # every example's answer and score, aligned with the evaluation set: paired tests and the disagreement
+        # finder read these instead of running the models again
+        metrics["_per_example"] = per
         return metrics
     finally:
         model.train(was_training)

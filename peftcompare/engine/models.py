@@ -86,7 +86,15 @@ def load_config(name: str):
         return builtin.config(name[len(BUILTIN_PREFIX):])
     from transformers import AutoConfig
 
-    return _from_hub(AutoConfig, name, "config")
+    try:
+        return _from_hub(AutoConfig, name, "config")
+    except ModelUnavailable:
+        raise
+    except (ValueError, KeyError) as exc:  # a model type transformers does not know: a page of advice
+        kind = re.search(r"model type `([^`]*)`", str(exc))
+        what = f"model type {kind.group(1)!r}" if kind else "a config"
+        raise ModelUnavailable(f"model_name: {name} has {what} that this version of transformers does not "
+                               "know, so no model family can load it") from None
 
 
 # what a saved tokenizer is made of (fast, sentencepiece, WordPiece, BPE); a directory with none of them is

@@ -10,14 +10,15 @@ from __future__ import annotations
 from functools import lru_cache
 
 from peftcompare.core import methods, tasks
-from peftcompare.engine import runtime
 from peftcompare.core.spec import RunSpec
+from peftcompare.engine import data, models, runtime
+from peftcompare.engine.families import family_for_config
+from peftcompare.engine.train import prepare_model
 
 
 def preflight(spec: RunSpec) -> RunSpec:
     """The resolved spec, or ValueError with one line: model, family vs task, precision vs machine,
     method vs model (target modules included), data files and columns."""
-    from peftcompare.engine import data  # torch and transformers load here, not when the CLI or a page imports this module
 
     spec = spec.resolved()
     check_model(spec)
@@ -28,7 +29,6 @@ def preflight(spec: RunSpec) -> RunSpec:
 def preflight_all(specs: list[RunSpec]) -> list[RunSpec]:
     """preflight for a grid before any of it runs or is queued: every spec's model checks, and each distinct
     data source once (a sweep shares one), so a bad run in the middle never leaves half a grid behind."""
-    from peftcompare.engine import data
 
     out, seen = [], set()
     for spec in specs:
@@ -51,12 +51,11 @@ def check_model(spec: RunSpec) -> None:
 
 @lru_cache(maxsize=64)
 def _check_model(model_name, task, method, capacity, target_modules, precision, lora_alpha, lora_dropout):
-    from peftcompare.engine import models
-    from peftcompare.engine.families import family_for_config
 
     models.check_model_name(model_name)
     config = models.load_config(model_name)
-    family = family_for_config(config)
+    # the family comes from transformers' auto-model mappings: a model none of them covers stops here
+    family = family_for_config(config, model_name)
     if tasks.get_task(task).generates and not family.generative:
         raise ValueError(f"task: {model_name} is an encoder classifier ({config.model_type}) and cannot do "
                          f"{task}; choose a seq2seq or causal model")
@@ -70,21 +69,19 @@ def _check_model(model_name, task, method, capacity, target_modules, precision, 
     loaded = models.load_model(model_name, meta=True)
     if m.uses_target_modules:
         _check_target_modules(spec, loaded)
-    from peftcompare.engine.train import prepare_model
 
     prepare_model(spec, loaded, total_steps=100)
 
 
 def _check_target_modules(spec: RunSpec, loaded) -> None:
     """Every name the user gave must match a module of this model (PEFT matches names by suffix)."""
-    import torch
-
     given = methods.target_names(spec)  # the spec guarantees at least one
     names = [n for n, _ in loaded.model.named_modules() if n]
-    for user, peft_name in zip(given, loaded.family.target_modules(given)):
-        if not any(n == peft_name or n.endswith("." + peft_name) for n in names):
-            raise ValueError(f"target_modules: {spec.model_name} has no module named {user!r} (its layers are "
-                             f"named {', '.join(sorted(_linear_leaves(loaded.model))[:12])})")
+    for user in given:  # one at a time: q, k and v may all be one fused module (GPT-2's c_attn)
+        for peft_name in loaded.family.target_modules([user]):
+            if not any(n == peft_name or n.endswith("." + peft_name) for n in names):
+                raise ValueError(f"target_modules: {spec.model_name} has no module named {user!r} (its layers "
+                                 f"are named {', '.join(sorted(_linear_leaves(loaded.model))[:12])})")
 
 
 def _linear_leaves(model) -> set[str]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from peftcompare.core import methods
 from peftcompare.service.store import Store
 
 METRIC_COLUMNS = ["accuracy", "f1", "rouge1", "rouge2", "rougeL", "rougeLsum"]
@@ -63,7 +64,6 @@ def pareto_front(agg: pd.DataFrame, x: str = "trainable_params", y: str = "mean"
     are points of the front, so an adapter that zero-shot beats is not on it. A method that trains
     nothing counts 0 parameters even where the record has none; a point without a score or a count is
     neither on the front nor beats anything."""
-    from peftcompare.core import methods
 
     if agg.empty:
         return pd.Series(dtype=bool, index=agg.index)

@@ -19,8 +19,17 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from peftcompare.service import integrity, policy as public
-from peftcompare.service.store import _COLUMNS, FINAL, SCHEMA_VERSION, Store, check_run_id
+from peftcompare.core import methods
+from peftcompare.core.spec import RunSpec
+from peftcompare.service import integrity
+from peftcompare.service import policy as public
+from peftcompare.service.store import (
+    _COLUMNS,
+    FINAL,
+    SCHEMA_VERSION,
+    Store,
+    check_run_id,
+)
 
 FORMAT = "peftcompare-bundle"
 VERSION = 1
@@ -221,7 +230,6 @@ def _read_manifest(z: zipfile.ZipFile, members: dict, limits: Limits) -> dict:
 
 
 def _check_runs(store: Store, m: dict, members: dict, overwrite: bool) -> list[tuple[str, dict]]:
-    from peftcompare.core.spec import RunSpec
 
     plans, seen, claimed = [], set(), set()
     for e in m["runs"]:
@@ -273,7 +281,6 @@ def _check_runs(store: Store, m: dict, members: dict, overwrite: bool) -> list[t
 
 
 def _trains(rec: dict) -> bool:
-    from peftcompare.core import methods
 
     return methods.get_method(rec.get("method") or "").trains
 
@@ -304,7 +311,6 @@ def _check_record(run_id: str, rec: dict) -> None:
             except ValueError:
                 raise ValueError(f"bundle: run {run_id}: {key} is not valid JSON") from None
     try:
-        from peftcompare.core import methods
 
         methods.get_method(rec.get("method") or "")
     except ValueError:

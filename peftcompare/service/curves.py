@@ -10,7 +10,7 @@ import pandas as pd
 
 from peftcompare.service import analysis
 from peftcompare.core import methods
-from peftcompare.core.tasks import metric_title
+from peftcompare.core.labels import method_title, metric_title
 
 X_FIELDS = {"capacity": "Capacity (rank / virtual tokens / blocks)", "trainable_params": "Trainable parameters"}
 # one fixed colour per method on every chart (Streamlit's default palette gives near-identical blues)
@@ -19,10 +19,6 @@ PALETTE = ["#4c78a8", "#f58518", "#e45756", "#72b7b2", "#54a24b", "#eeca3b", "#b
 # THE colour of each method is its registration's (Method.color): the efficiency curves, the loss overlays,
 # the Presets charts and the CLI's PNG (plotting.py) all draw a method in it, so LoRA is the same blue everywhere
 OTHER_COLOR = "#444444"  # a method this version does not know (an imported record), or one without a colour
-
-
-def method_title(name: str) -> str:
-    return methods.METHODS[name].title if name in methods.METHODS else str(name)
 
 
 def method_colors() -> dict[str, str]:

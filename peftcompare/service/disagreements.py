@@ -21,7 +21,6 @@ import os
 import time
 from pathlib import Path
 
-from peftcompare.engine import data as data_mod
 from peftcompare.core import tasks
 from peftcompare.core.spec import RunSpec
 
@@ -42,29 +41,27 @@ def disagreement(task: str, outputs: list[list[str]], distributions: list[list[l
     probability (max over labels of max_c p_c(label) - min_c p_c(label); distributions[c][i] is column c's
     probability of every label). summarization: the summaries differ (whitespace aside); gap = the spread of
     their ROUGE-L against the reference (max - min over columns; rouge_l[c][i])."""
-    if task not in tasks.TASKS:
-        raise ValueError(f"task: unknown task {task!r}")
+    t = tasks.get_task(task)
     n = len(outputs[0]) if outputs else 0
     if any(len(col) != n for col in outputs):
         raise ValueError("outputs: every column needs one answer per example")
-    extra = distributions if task == "classification" else rouge_l
+    extra = distributions if t.scores_labels else rouge_l
     if outputs and (extra is None or len(extra) != len(outputs) or any(len(col) != n for col in extra)):
-        raise ValueError("classification needs every column's label distributions" if task == "classification"
-                         else "summarization needs every column's ROUGE-L per example")
-    out = []
-    for i in range(n):
-        answers = [col[i] for col in outputs]
-        if task == "classification":
-            disagree = len(set(answers)) > 1
-            dists = [col[i] for col in extra]
-            gap = max((max(d[k] for d in dists) - min(d[k] for d in dists) for k in range(len(dists[0]))),
-                      default=0.0)
-        else:
-            disagree = len({" ".join(a.split()) for a in answers}) > 1
-            scores = [col[i] for col in extra]
-            gap = max(scores) - min(scores)
-        out.append({"disagree": disagree, "gap": float(gap)})
-    return out
+        raise ValueError(f"{task} needs every column's label distributions" if t.scores_labels
+                         else f"{task} needs every column's ROUGE-L per example")
+    one = _label_disagreement if t.scores_labels else _text_disagreement
+    return [one([col[i] for col in outputs], [col[i] for col in extra]) for i in range(n)]
+
+
+def _label_disagreement(answers: list[str], dists: list[list[float]]) -> dict:
+    """The labels differ; gap: the largest spread, across columns, of one label's probability."""
+    gap = max((max(d[k] for d in dists) - min(d[k] for d in dists) for k in range(len(dists[0]))), default=0.0)
+    return {"disagree": len(set(answers)) > 1, "gap": float(gap)}
+
+
+def _text_disagreement(answers: list[str], scores: list[float]) -> dict:
+    """The texts differ (whitespace aside); gap: the spread of their ROUGE-L against the reference."""
+    return {"disagree": len({" ".join(a.split()) for a in answers}) > 1, "gap": float(max(scores) - min(scores))}
 
 
 def rank_disagreements(task: str, outputs: list[list[str]], distributions=None, rouge_l=None) -> list[int]:
@@ -92,6 +89,8 @@ def data_spec(spec: RunSpec) -> RunSpec:
 
 def validation_examples(spec: RunSpec) -> list[tuple[str, str]]:
     """(text, reference) of every validation example of the spec's data (spec need not be resolved)."""
+    from peftcompare.engine import data as data_mod
+
     return [(e.text, e.target) for e in data_mod.load_task_data(data_spec(spec).resolved()).validation]
 
 
@@ -204,28 +203,19 @@ def find(engine, run_ids: list[str], n: int = DEFAULT_N, task: str | None = None
 
 def build(run: dict, chosen: list[tuple[str, str]], prep: dict) -> dict:
     """The result from compare_many's answers: scores, per-example rows and the ranking."""
-    from peftcompare.engine import evaluate as eval_mod
-
     task, refs = run["task"], [r for _, r in chosen]
+    labels = tasks.get_task(task).scores_labels
     outputs = [c["outputs"] for c in run["columns"]]
-    distributions = [c["distributions"] for c in run["columns"]] if task == "classification" else None
-    rouge = [rouge_l_each(c["outputs"], refs) for c in run["columns"]] if task == "summarization" else None
-    columns = []
-    for j, c in enumerate(run["columns"]):
-        if task == "classification":
-            positive = tasks.positive_label(run["label_words"])
-            scores = eval_mod.classification_metrics(c["outputs"], refs, positive)
-            scores["mean_probability"] = sum(c["probabilities"]) / len(chosen)
-        else:
-            scores = eval_mod.rouge(c["outputs"], refs)
-            scores["gen_len"] = sum(len(p.split()) for p in c["outputs"]) / len(chosen)
-        columns.append({"key": c["key"], "label": c["label"], "method": c["method"],
-                        "name": BASE_NAME if j == 0 else c["key"], "scores": scores})
+    distributions = [c["distributions"] for c in run["columns"]] if labels else None
+    rouge = None if labels else [rouge_l_each(c["outputs"], refs) for c in run["columns"]]
+    columns = [{"key": c["key"], "label": c["label"], "method": c["method"],
+                "name": BASE_NAME if j == 0 else c["key"], "scores": _scores(run, c, refs)}
+               for j, c in enumerate(run["columns"])]
     flags = disagreement(task, outputs, distributions, rouge)
     rows = []
     for i, (text, ref) in enumerate(chosen):
         row = {"index": i, "text": text, "reference": ref, "outputs": [col[i] for col in outputs], **flags[i]}
-        if task == "classification":
+        if labels:
             row["probabilities"] = [c["probabilities"][i] for c in run["columns"]]
             row["correct"] = [col[i] == ref for col in outputs]
         else:
@@ -239,11 +229,26 @@ def build(run: dict, chosen: list[tuple[str, str]], prep: dict) -> dict:
             "columns": columns, "examples": rows, "disagreements": ranked}
 
 
+def _scores(run: dict, column: dict, refs: list[str]) -> dict:
+    """One column's scores over the examples, computed as evaluation computes them."""
+    from peftcompare.engine import evaluate as eval_mod
+
+    outputs, n = column["outputs"], len(refs)
+    if tasks.get_task(run["task"]).scores_labels:
+        scores = eval_mod.classification_metrics(outputs, refs, tasks.positive_label(run["label_words"]))
+        scores["mean_probability"] = sum(column["probabilities"]) / n
+    else:
+        scores = eval_mod.rouge(outputs, refs)
+        scores["gen_len"] = sum(len(p.split()) for p in outputs) / n
+    return scores
+
+
 # -- output --------------------------------------------------------------------------------------------------
 def csv_header(result: dict) -> list[str]:
-    per = ("prediction", "probability") if result["task"] == "classification" else ("summary", "ROUGE-L")
-    return (["index", "text", "reference"] + [f"{c['name']} {p}" for c in result["columns"] for p in per]
-            + ["disagree", "probability gap" if result["task"] == "classification" else "ROUGE-L spread"])
+    t = tasks.get_task(result["task"])
+    return (["index", "text", "reference"]
+            + [f"{c['name']} {p}" for c in result["columns"] for p in (t.answer_word, t.score_word)]
+            + ["disagree", t.spread_word])
 
 
 def to_csv(result: dict) -> str:
@@ -252,7 +257,7 @@ def to_csv(result: dict) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(csv_header(result))
-    second = "probabilities" if result["task"] == "classification" else "rougeL"
+    second = "probabilities" if tasks.get_task(result["task"]).scores_labels else "rougeL"
     for row in result["examples"]:
         cells = [row["index"], row["text"], row["reference"]]
         for out, value in zip(row["outputs"], row[second]):
@@ -262,7 +267,10 @@ def to_csv(result: dict) -> str:
 
 
 def score_names(task: str) -> list[str]:
-    return ["accuracy", "f1"] if task == "classification" else ["rougeL"]
+    """The scores shown per column: every label metric, or a generating task's primary metric alone (its
+    ROUGE siblings say little more in a table this narrow)."""
+    t = tasks.get_task(task)
+    return list(t.metrics) if t.scores_labels else [t.metric]
 
 
 def report(result: dict, top: int = 10) -> str:
@@ -277,7 +285,8 @@ def report(result: dict, top: int = 10) -> str:
     for title, c in zip(titles, result["columns"]):
         lines.append(title.ljust(width) + "".join(f"{c['scores'][n]:10.4f}" for n in names))
     ranked = result["disagreements"]
-    gap = "probability gap" if result["task"] == "classification" else "ROUGE-L spread"
+    t = tasks.get_task(result["task"])
+    gap = t.spread_word
     if len(result["columns"]) < 2:
         lines.append("one column only: give adapter run ids to find where they disagree with zero-shot")
     else:
@@ -289,7 +298,6 @@ def report(result: dict, top: int = 10) -> str:
         lines.append(f"#{i}  {gap} {row['gap']:.3f}  {text[:100] + ('...' if len(text) > 100 else '')}")
         lines.append(f"    reference: {' '.join(row['reference'].split())[:160]}")
         for j, c in enumerate(result["columns"]):
-            extra = (f"p={row['probabilities'][j]:.3f}" if result["task"] == "classification"
-                     else f"ROUGE-L {row['rougeL'][j]:.3f}")
+            extra = f"p={row['probabilities'][j]:.3f}" if t.scores_labels else f"ROUGE-L {row['rougeL'][j]:.3f}"
             lines.append(f"    {c['label']}: {' '.join(row['outputs'][j].split())[:160]}  ({extra})")
     return "\n".join(lines)

@@ -6,18 +6,16 @@ Adapters with no record are reported, never deleted: they may be someone's only 
 """
 from __future__ import annotations
 
-import json
-import math
 import re
 import shutil
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")  # formats that can execute code on load
-_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
-MAX_HEADER_BYTES = 100 * 2**20
+from peftcompare.core import methods
+from peftcompare.core.spec import RunSpec
+from peftcompare.service import jobs
+from peftcompare.service.store import RUN_ID, is_stale
+
 _STAGING = re.compile(r"^\.tmp-(?P<run_id>.+)-(?P<pid>\d+)$")
 
 
@@ -32,83 +30,25 @@ class Problem:
 
 
 def safetensors_problem(path: Path) -> str | None:
-    """Why a .safetensors file is unreadable (None when its header and sizes add up). Reads the header only."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                return f"{path.name} is truncated (no header)"
-            n = struct.unpack("<Q", head)[0]
-            if n > MAX_HEADER_BYTES or 8 + n > size:
-                return f"{path.name} is truncated or not a safetensors file"
-            header = json.loads(f.read(n))
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        return f"{path.name} has an unreadable header ({type(exc).__name__})"
-    if not isinstance(header, dict):
-        return f"{path.name} has an unreadable header"
-    end = 0
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            b, e = info["data_offsets"]
-            want = math.prod(int(d) for d in info["shape"]) * _DTYPE_BYTES[info["dtype"]]
-        except (KeyError, TypeError, ValueError):
-            return f"{path.name}: tensor {name} has a bad header entry"
-        if not (isinstance(b, int) and isinstance(e, int)) or e - b != want or b < 0:
-            return f"{path.name}: tensor {name} has inconsistent offsets"
-        end = max(end, e)
-    if 8 + n + end != size:
-        return f"{path.name} is truncated ({size} bytes, header says {8 + n + end})"
-    return None
+    """Why a .safetensors file is unreadable (None when it adds up); the contract lives in engine.adapters."""
+    from peftcompare.engine import (
+        adapters,  # torch-free; service reaches the engine only inside functions
+    )
+
+    return adapters.safetensors_problem(path)
 
 
 def adapter_problems(path: Path, run_id: str | None = None) -> list[str]:
-    """Everything wrong with one adapter directory: metadata, weights, pickles, links."""
-    from peftcompare.core import methods
-    from peftcompare.core.spec import RunSpec
+    """Everything wrong with one adapter directory: metadata, weights, pickles, links (see engine.adapters)."""
+    from peftcompare.engine import (
+        adapters,  # torch-free; service reaches the engine only inside functions
+    )
 
-    p = Path(path)
-    if p.is_symlink() or not p.is_dir():
-        return [f"{p.name} is not a directory"]
-    out = []
-    for f in p.rglob("*"):
-        if f.is_symlink():
-            out.append(f"{f.relative_to(p)} is a symbolic link")
-        elif f.suffix.lower() in PICKLE_SUFFIXES:
-            out.append(f"{f.relative_to(p)} is a pickle file (only safetensors are loaded)")
-    meta = p / "run.json"
-    if not meta.is_file():
-        return out + ["no run.json (incomplete or not made by peftcompare)"]
-    try:
-        record = json.loads(meta.read_text(encoding="utf-8"))
-        spec = RunSpec.from_dict(record["spec"])
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        return out + [f"run.json is corrupt ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})"]
-    if run_id is not None and record.get("run_id") != run_id:
-        out.append(f"run.json belongs to run {record.get('run_id')!r}")
-    m = methods.get_method(spec.method)
-    weights = p / ("adapter_model.safetensors" if m.make_config is not None else "trainable.safetensors")
-    if not weights.is_file():
-        out.append(f"no {weights.name} (incomplete adapter)")
-    else:
-        bad = safetensors_problem(weights)
-        if bad:
-            out.append(bad)
-    if m.make_config is not None:
-        try:
-            json.loads((p / "adapter_config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            out.append("adapter_config.json is missing or corrupt")
-    return out
+    return adapters.adapter_problems(path, run_id)
 
 
 def check(store, fix: bool = False) -> list[Problem]:
     """All problems of a store; with fix=True the repairable ones are repaired (and still reported)."""
-    from peftcompare.service import jobs
-    from peftcompare.core.spec import RunSpec
-    from peftcompare.service.store import RUN_ID, is_stale
 
     problems: list[Problem] = []
     with store._conn() as conn:
@@ -158,7 +98,6 @@ def check(store, fix: bool = False) -> list[Problem]:
 
 
 def _trains(method: str) -> bool:
-    from peftcompare.core import methods
 
     try:
         return methods.get_method(method).trains

@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from peftcompare.engine import preflight
-from peftcompare.service import procs
 from peftcompare.core.spec import RunSpec
+from peftcompare.service import policy as public
+from peftcompare.service import procs, runs
 from peftcompare.service.store import Store
 
 CANCEL_GRACE_SECONDS = 10.0  # a run that ignores its cancel flag this long is killed
@@ -37,13 +37,12 @@ def reconcile(store: Store) -> list[str]:
 def enqueue(store: Store, spec: RunSpec, owner: str | None = None) -> str:
     """Queue one spec as it is (a duplicate too). The app's pages and retry use `submit`, which also
     skips what the store already holds and preflights the data."""
-    from peftcompare.service import policy as public
 
     # enforced here, not only in the page, so no caller can queue past the public limits
     public.check_spec(spec.resolved())
     public.check_visitor_quota(store, owner)
     # a spec that can never run is refused here, before it has a record (callers check its data files)
-    preflight.check_model(spec.resolved())
+    runs.check_model(spec)
     return _queue(store, spec, owner)
 
 
@@ -77,7 +76,6 @@ def submit(store: Store, specs: list[RunSpec], owner: str | None = None) -> Subm
 
     Any refusal raises ValueError (one line) and queues nothing: a grid is queued whole or not at all.
     Page, retry and presets call this; the worker must be started by the caller (`ensure_worker`)."""
-    from peftcompare.service import policy as public
 
     specs = [s.resolved() for s in specs]
     for s in specs:
@@ -100,7 +98,7 @@ def submit(store: Store, specs: list[RunSpec], owner: str | None = None) -> Subm
         if mine + len(todo) > public.LIMITS.jobs_per_visitor:
             raise ValueError(f"{len(todo)} runs exceed this public instance's limit of "
                              f"{public.LIMITS.jobs_per_visitor} queued run(s) per visitor")
-    preflight.preflight_all(todo)
+    runs.preflight_all(todo)
     return Submitted([_queue(store, s, owner) for s in todo], skipped)
 
 

@@ -7,7 +7,7 @@ import pandas as pd
 
 from peftcompare.service import analysis
 from peftcompare.core import methods
-from peftcompare.core.tasks import metric_title
+from peftcompare.core.labels import method_title, metric_title
 
 
 
@@ -35,7 +35,7 @@ def curve_figure(df: pd.DataFrame, task: str, metric: str, x: str = "capacity"):
     curves, refs = agg[~reference], agg[reference]
     for method, g in curves.groupby("method"):
         g = g.sort_values(x)
-        title = methods.METHODS[method].title if method in methods.METHODS else method
+        title = method_title(method)
         ax.plot(g[x], g["mean"], marker="o", label=f"{title} (n={int(g['n'].max())} seed"
                 f"{'s' if g['n'].max() > 1 else ''})", color=method_color(method))
         if (g["n"] > 1).any():
@@ -47,7 +47,7 @@ def curve_figure(df: pd.DataFrame, task: str, metric: str, x: str = "capacity"):
                    label="Pareto front", zorder=3)
     for _, r in refs.iterrows():
         ax.axhline(r["mean"], linestyle="--", color=method_color(r["method"]),
-                   linewidth=1, label=f"{methods.METHODS[r['method']].title}: {r['mean']:.3f}")
+                   linewidth=1, label=f"{method_title(r['method'])}: {r['mean']:.3f}")
     if len(curves):
         ax.set_xscale("log", base=2 if x == "capacity" else 10)
         if x == "capacity":

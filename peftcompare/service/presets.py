@@ -8,7 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from peftcompare.core import methods, tasks
+from peftcompare.core.labels import method_label
 from peftcompare.core.spec import RunSpec, with_offline_recipe
+from peftcompare.core.tasks import DATASETS, get_task
+from peftcompare.service import jobs
 
 # a few examples, one epoch, one capacity per method: the whole preset in seconds, for smoke tests and a
 # first look
@@ -38,7 +41,6 @@ class Preset:
 
 
 def _task(dataset: str) -> str:
-    from peftcompare.core.tasks import DATASETS
 
     return DATASETS[dataset].task
 
@@ -123,7 +125,6 @@ def enqueue_preset(store, name: str, offline: bool = False, owner: str | None = 
                    quick: bool = False) -> dict:
     """Queue the preset's runs that are neither stored nor already queued. Raises ValueError (one line)
     when public mode forbids a run, before anything is queued."""
-    from peftcompare.service import jobs
 
     specs = preset_specs(name, offline, quick)
     # the one enqueue policy (public limits, duplicates skipped, quota, preflight): all of it or nothing
@@ -140,15 +141,13 @@ def epoch_frame(runs: list[dict]):
     """Long table of per-epoch training loss and evaluation metrics, one row per (run, epoch)."""
     import pandas as pd
 
-    from peftcompare.core.tasks import get_task
 
     rows = []
     for r in runs:
         spec = r.get("spec")
         if spec is None:
             continue
-        m = methods.get_method(spec.method)
-        label = m.title + (f" {spec.capacity}" if m.capacity_name else "")
+        label = method_label(spec.method, spec.capacity)
         metric = get_task(spec.task).metric
         for e in r.get("epochs") or []:
             rows.append({"run_id": r["run_id"], "model_name": spec.model_name, "dataset": spec.dataset,

@@ -258,9 +258,8 @@ class Store:
         return bool(row and row[0])
 
     def delete(self, run_id: str) -> None:
-        from peftcompare.service import policy as public
-
-        public.check_delete()
+        """Remove a finished run, its steps, adapter, log and spec. No policy here: callers go through
+        service.runs.delete_run, which refuses on a public instance."""
         check_run_id(run_id)
         run = self.get(run_id)
         if run is None:

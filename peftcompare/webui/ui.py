@@ -7,11 +7,9 @@ modules are imported inside the functions that need them.
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import os
 import re
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -21,10 +19,11 @@ from pathlib import Path
 
 import streamlit as st
 
-from peftcompare.core import methods, tasks
-from peftcompare.service import policy as public
-from peftcompare.engine import runtime
+from peftcompare.core import labels, methods, tasks
 from peftcompare.core.spec import RunSpec
+from peftcompare.service import comparing, jobs, runs, system
+from peftcompare.service import policy as public
+from peftcompare.service.bundle import LIMITS, export_bundle, import_bundle
 from peftcompare.service.store import Store, dir_bytes, resolve_home
 
 OFFLINE_MODEL = "builtin:tiny-t5"
@@ -59,16 +58,14 @@ def engine():
 @st.cache_resource(show_spinner="Loading the compare engine ...")
 def _make_engine(home: str):
     import_stack()
-    from peftcompare.engine.compare import CompareEngine
 
-    return CompareEngine(Store(home)), threading.Lock()
+    return comparing.open_engine(Store(home)), threading.Lock()
 
 
 def reconcile_once() -> list[str]:
     """Mark runs whose process is gone as interrupted, once per browser session."""
     if st.session_state.get("_reconciled_home") == str(resolve_home()):
         return []
-    from peftcompare.service import jobs
 
     fixed = jobs.reconcile(store())
     st.session_state["_reconciled_home"] = str(resolve_home())
@@ -83,15 +80,19 @@ def visitor_id() -> str:
 
 def hub_online() -> bool:
     # HF_HUB_OFFLINE answers at once; a real probe is cached for a few minutes
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+    if system.hub_offline_forced():
         return False
-    return _probe_hub(runtime.hub_endpoint())
+    return _probe_hub(system.hub_endpoint())
 
 
 @st.cache_data(ttl=300, show_spinner=False)
 def _probe_hub(endpoint: str) -> bool:
     # keyed by the endpoint: a changed HF_ENDPOINT is probed afresh, not answered from the old cache
-    return runtime.hub_reachable(endpoint=endpoint)
+    return system.hub_reachable(endpoint=endpoint)
+
+
+def hub_endpoint() -> str:
+    return system.hub_endpoint()
 
 
 def default_model(online: bool) -> str:
@@ -101,34 +102,12 @@ def default_model(online: bool) -> str:
 # -- machine facts without importing torch ------------------------------------------------------------
 def device_summary() -> dict:
     """Device and precision the app will use. Uses torch if it is already loaded, else cheap probes."""
-    if "torch" in sys.modules:
-        device = runtime.device_name()
-        try:
-            precision = runtime.resolve_precision("auto", device)[0]
-        except ValueError:
-            precision = "fp32"
-    else:
-        try:
-            torch_version = importlib.metadata.version("torch")
-        except importlib.metadata.PackageNotFoundError:
-            torch_version = "missing"
-        gpu = os.path.exists("/dev/nvidiactl") and "+cpu" not in torch_version
-        device = "cuda" if gpu else "cpu"
-        precision = "bf16 or fp32 (auto)" if gpu else (
-            "bf16" if {"avx512_bf16", "amx_bf16"} & runtime.cpu_flags() else "fp32")
-    label = "GPU (CUDA)" if device.startswith("cuda") else f"CPU · {runtime.usable_cores()} cores"
-    return {"device": device, "label": label, "precision": precision, "cpu": runtime.cpu_model()}
-
-
-_IMPORT_LOCK = threading.Lock()
+    return system.device_summary()
 
 
 def import_stack() -> None:
-    """Import torch, transformers and peft once, under one lock. transformers' lazy module is not safe
-    to initialise from two threads at once (the warm-up thread and a page), so every page path that
-    needs the stack calls this first."""
-    with _IMPORT_LOCK:
-        from peftcompare.engine import compare as infer, train  # noqa: F401  (torch, transformers, peft)
+    """torch, transformers and peft, imported once under one lock (see system.import_stack)."""
+    system.import_stack()
 
 
 def warm_imports() -> None:
@@ -185,9 +164,7 @@ def run_label(run: dict) -> str:
     spec = run.get("spec")
     if spec is None:
         return run["run_id"]
-    m = methods.get_method(spec.method)
-    cap = f" {spec.capacity}" if m.capacity_name else ""
-    return f"{m.title}{cap} · seed {spec.seed} · {spec.task} · {run['run_id'][-6:]}"
+    return labels.run_label(spec, run["run_id"], task=True)
 
 
 def primary_metric(task: str) -> str:
@@ -209,13 +186,7 @@ def log_tail(path: Path, lines: int = 15, max_bytes: int = 16_384) -> str:
 @st.cache_data(show_spinner=False, max_entries=256)
 def count_params(spec_json: str) -> tuple[int, int]:
     import_stack()
-    from peftcompare.engine import models
-    from peftcompare.engine.train import prepare_model
-
-    spec = RunSpec.from_json(spec_json).resolved()
-    models.check_model_name(spec.model_name)
-    loaded = models.load_model(spec.model_name, meta=True)
-    return models.count_parameters(prepare_model(spec, loaded, total_steps=100))
+    return runs.count_parameters(RunSpec.from_json(spec_json))
 
 
 # -- sweeps and durations ---------------------------------------------------------------------------
@@ -232,31 +203,9 @@ def default_capacities(method: str, online: bool) -> tuple[int, ...]:
 
 
 def grid_specs(base: RunSpec, method_names: list[str], capacities: dict[str, list[int]] | list[int],
-               seeds: list[int], zero_shot: bool) -> list[RunSpec]:
-    """methods x their capacities x seeds (methods without a capacity knob once per seed), like `sweep`.
-    `capacities`: per method ({"lora": [4, 8], "prompt": [10]}), or one list for every method."""
-    from peftcompare.cli import sweep_specs
-
-    if not seeds:
-        raise ValueError("seeds: give at least one seed")
-    if not method_names and not zero_shot:
-        raise ValueError("methods: choose at least one method")
-    with_knob = [m for m in method_names if methods.get_method(m).capacity_name]
-    per = capacities if isinstance(capacities, dict) else {m: list(capacities) for m in with_knob}
-    for name in with_knob:
-        m = methods.get_method(name)
-        caps = list(per.get(name) or [])
-        if not caps:
-            raise ValueError(f"capacities for {m.title}: give at least one {m.capacity_name}")
-        for c in caps:
-            if c <= 0:
-                raise ValueError(f"capacities for {m.title}: {m.capacity_name} must be at least 1, got {c}")
-            if c > m.max_capacity:
-                raise ValueError(f"capacities for {m.title}: {m.capacity_name} must be at most {m.max_capacity}, "
-                                 f"got {c}")
-    caps = {name: list(per[name]) for name in with_knob}
-    specs = sweep_specs(base, method_names, [], [], seeds, capacities=caps, zero_shot=zero_shot)
-    return list({s.spec_hash(): s for s in specs}.values())
+               seeds: list[int], zero_shot: bool, learning_rates: list[float] | None = None) -> list[RunSpec]:
+    """The sweep form's grid (service.runs.grid_specs: the same grid as `sweep`)."""
+    return runs.grid_specs(base, method_names, capacities, seeds, zero_shot, learning_rates)
 
 
 def parse_int_list(text: str, what: str) -> list[int]:
@@ -479,14 +428,13 @@ def efficiency_warning(trainable: int, total: int, method: str, capacity: int | 
 # -- uploads --------------------------------------------------------------------------------------
 def save_upload(st_store: Store, filename: str, data: bytes) -> Path:
     """Save an uploaded data file under results/uploads/ with a generated name (never the user's)."""
-    from peftcompare.engine.data import FORMATS, MAX_UPLOAD_BYTES
 
     ext = Path(filename or "").suffix.lower()
-    if ext not in FORMATS:
+    if ext not in tasks.FORMATS:
         raise ValueError(f"upload: {Path(filename).name} is not JSONL, CSV or parquet "
-                         f"(expected {', '.join(FORMATS)})")
-    if len(data) > MAX_UPLOAD_BYTES:
-        raise ValueError(f"upload: larger than {MAX_UPLOAD_BYTES // 2**20} MB")
+                         f"(expected {', '.join(tasks.FORMATS)})")
+    if len(data) > tasks.MAX_UPLOAD_BYTES:
+        raise ValueError(f"upload: larger than {tasks.MAX_UPLOAD_BYTES // 2**20} MB")
     if not data:
         raise ValueError(f"upload: {Path(filename).name} is empty")
     out = st_store.home / UPLOAD_DIR / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:10]}{ext}"
@@ -501,7 +449,6 @@ def save_upload(st_store: Store, filename: str, data: bytes) -> Path:
 # -- bundles (peftcompare.bundle) as bytes for download and upload ---------------------------------------
 def bundle_bytes(st_store: Store, run_ids: list[str]) -> bytes:
     """The runs and their adapters as one bundle zip (the format `python -m peftcompare` imports)."""
-    from peftcompare.service.bundle import export_bundle
 
     with tempfile.TemporaryDirectory(prefix="peftcompare-export-") as tmp:
         out = Path(tmp) / "bundle.zip"
@@ -512,7 +459,6 @@ def bundle_bytes(st_store: Store, run_ids: list[str]) -> bytes:
 def import_bundle_bytes(st_store: Store, data: bytes, overwrite: bool = False, filename: str = "") -> list[str]:
     """Check an uploaded bundle completely (bundle.import_bundle trusts nothing in it) and add its runs.
     The temporary copy carries the uploaded file's base name, so messages name the user's file."""
-    from peftcompare.service.bundle import LIMITS, import_bundle
 
     if len(data) > LIMITS.max_bundle_bytes:
         raise ValueError(f"bundle: larger than {fmt_bytes(LIMITS.max_bundle_bytes)}")

@@ -7,7 +7,7 @@ A method either returns a PEFT config (the adapter is saved with `save_pretraine
 """
 from __future__ import annotations
 
-from peftcompare.core.methods import baselines, low_rank, selective, soft_prompts  # noqa: F401 - they register
+from peftcompare.core.methods import baselines, low_rank, prefix_full, selective, soft_prompts  # noqa: F401 - they register
 from peftcompare.core.methods.base import (KNOB_RANK, KNOB_TOKENS, METHODS, ROLE_ADAPTER, ROLE_BASELINE,
                                            ROLE_FULL, SERVE_LORA_BANK, SERVE_NONE, SERVE_PREFIX,
                                            SERVE_PEFT, SERVE_SOFT_PROMPT, SERVE_SWAP, Method, register_method, target_names)

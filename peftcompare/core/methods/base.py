@@ -22,6 +22,9 @@ SERVE_NONE = "none"  # the base model itself (zero-shot)
 KNOB_RANK = "rank"
 KNOB_TOKENS = "tokens"
 
+# the model families (engine/families: Family.name) a method can be applied to
+FAMILIES = ("seq2seq", "causal", "encoder")
+
 # a method's role on curves and tables
 ROLE_BASELINE = "baseline"  # trains nothing: the base model (a horizontal reference line)
 ROLE_FULL = "full"  # every weight trains: the reference the adapters are measured against (a line too)
@@ -48,6 +51,8 @@ class Method:
     notes: Callable[..., list[str]] | None = None
     note: str = ""  # shown beside the method in the app where it applies
     note_families: tuple[str, ...] = ()  # model families (guessed from the name) the note is about; () = all
+    works_on: tuple[str, ...] = FAMILIES  # the model families it can train (FAMILIES); others are refused
+    not_on_reason: str = ""  # why not on the others, in the user's words
     fields: tuple[str, ...] = ()  # method settings of the spec it reads (lora_alpha, target_modules, ...)
     heavy: bool = False  # holds every weight and its optimizer state (refused on a shared public instance)
     learning_rate: float = 5e-4  # what presets train it at (full fine-tuning slower, soft prompts faster)
@@ -55,6 +60,10 @@ class Method:
     tiny_recipe: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> fields that differ there
     color: str = ""  # THE colour of the method on every chart (curves, loss overlays, presets, PNGs)
     help: str = ""
+    # a method whose change to the model needs torch code (not a PEFT config, not only freezing): the engine
+    # module, named as data so that core never imports the engine, that provides prepare(spec, model, family),
+    # attach(model, spec) -> handle with .detach(), and merge(model); resolved by engine/method_hooks.py
+    engine_hooks: str = ""
 
     @property
     def trains(self) -> bool:
@@ -64,6 +73,12 @@ class Method:
     def reference_line(self) -> bool:
         """Drawn as a horizontal reference on curves (zero-shot, full fine-tuning), not as a curve."""
         return self.role in (ROLE_BASELINE, ROLE_FULL)
+
+    def check_family(self, family: str, model_name: str = "this model") -> None:
+        """ValueError (one line) unless the method can train a model of `family`."""
+        if family not in self.works_on:
+            why = f": {self.not_on_reason}" if self.not_on_reason else ""
+            raise ValueError(f"method: {self.title} does not work on {family} models like {model_name}{why}")
 
     @property
     def uses_target_modules(self) -> bool:

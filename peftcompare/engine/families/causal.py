@@ -1,8 +1,10 @@
-"""Decoder-only models (GPT-2, Llama, ...): the target follows the prompt, the loss is on the target only."""
+"""Decoder-only models (GPT-2, Llama, Gemma, Qwen, ...): the answer follows the prompt and its cue, the loss
+is on the answer only."""
 from __future__ import annotations
 
 import torch
 
+from peftcompare.engine.families import layout
 from peftcompare.engine.families.base import IGNORE_INDEX, Family, pad_rows
 
 
@@ -17,11 +19,21 @@ def _unpad(batch: dict) -> list[list[int]]:
 
 
 class CausalFamily(Family):
-    """Decoder-only LMs (GPT-2 style): prompt + target + eos, loss on the target tokens only."""
+    """Decoder-only LMs: prompt + answer cue, then the separator + target + eos; loss on the answer only.
+
+    A prompt that runs straight into its answer ("...the film is great.positive") asks a pretrained LM
+    for a word in the middle of nowhere; after a cue ("\nSentiment:") and a space it is the next word,
+    written as its tokenizer writes a word after a space (GPT-2's " positive", Gemma's "▁positive").
+    Training, label scoring and generation all read the prompt from encode/encode_inputs and score or
+    write the answer after it the same way."""
 
     name = "causal"
     peft_task_type = "CAUSAL_LM"
-    model_types = ("gpt2", "gpt_neo", "gpt_neox", "llama", "mistral", "qwen2", "opt", "phi")
+    ANSWER_SEP = " "  # between the cue and the answer (the built-in tokenizer writes a leading space anyway)
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        self._tokenizer = None  # the model's tokenizer, to score labels as the answers are trained
 
     def auto_class(self):
         from transformers import AutoModelForCausalLM
@@ -36,61 +48,50 @@ class CausalFamily(Family):
         for cfg in (model.config, getattr(model, "generation_config", None)):
             if cfg is not None and getattr(cfg, "pad_token_id", None) is None:
                 cfg.pad_token_id = tokenizer.pad_token_id
-
-    def _gpt2(self, config) -> bool:
-        return getattr(config, "model_type", "") == "gpt2"
-
-    def target_modules(self, names):
-        if getattr(self, "model_type", "gpt2") == "gpt2":
-            # GPT-2 fuses q, k and v into one Conv1D: any of them means c_attn
-            mapped = ["c_attn" if n in ("q", "k", "v") else "attn.c_proj" if n == "o" else n for n in names]
-            return list(dict.fromkeys(mapped))
-        return [{"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj"}.get(n, n) for n in names]
-
-    def ia3_modules(self, names):
-        if getattr(self, "model_type", "gpt2") == "gpt2":
-            return ["c_attn", "mlp.c_proj"], ["mlp.c_proj"]
-        return ["k_proj", "v_proj", "down_proj"], ["down_proj"]
-
-    def attention_geometry(self, config):
-        heads = config.num_attention_heads
-        return heads, config.hidden_size // heads, config.num_hidden_layers
-
-    def _layers(self, model):
-        base = getattr(model, "transformer", None) or getattr(model, "model", None)
-        layers = getattr(base, "h", None) or getattr(base, "layers", None)
-        if layers is None:
-            raise ValueError("method: cannot find the transformer blocks of this causal LM")
-        return list(layers)
-
-    def top_blocks(self, model, n):
-        return self._layers(model)[-n:]
+        self._tokenizer = tokenizer
 
     def head_parameters(self, model):
         # the final norm sits above the top block; GPT-2's lm_head is tied to the input embeddings
-        base = getattr(model, "transformer", None) or getattr(model, "model", None)
-        norm = getattr(base, "ln_f", None) or getattr(base, "norm", None)
-        return list(norm.parameters()) if norm is not None else []
+        return [p for norm in layout.final_norms(model) for p in norm.parameters()]
 
-    def _prompt_ids(self, sources, tokenizer, max_source):
+    # -- data ---------------------------------------------------------------------------------------
+    def _prompt_ids(self, sources, tokenizer, max_source, answer_cue=""):
+        """Prompt tokens, cue included: the cue is never truncated away, the source is cut to fit it."""
+        if not answer_cue:
+            return [ids[:max_source] for ids in self._tokenize(sources, tokenizer, max_source + 1)]
+        cue = tokenizer(answer_cue, add_special_tokens=False)["input_ids"]
         out = []
-        for ids in tokenizer(sources, truncation=True, max_length=max_source + 1)["input_ids"]:
-            if ids and ids[-1] == tokenizer.eos_token_id:
-                ids = ids[:-1]  # tokenizers that append eos (T5-style) would end the prompt early
-            out.append(ids[:max_source])
+        # source and cue tokenized as one text (how the model reads it); a source too long for the
+        # budget keeps its first tokens and the cue's own tokens follow
+        for whole, cut in zip(self._tokenize([s + answer_cue for s in sources], tokenizer, None),
+                              self._tokenize(sources, tokenizer, max(1, max_source - len(cue)) + 1)):
+            out.append(whole if len(whole) <= max_source else cut[: max(1, max_source - len(cue))] + cue)
         return out
 
-    def encode(self, sources, targets, tokenizer, max_source, max_target):
-        prompts = self._prompt_ids(sources, tokenizer, max_source)
-        answers = tokenizer(targets, add_special_tokens=False)["input_ids"]
+    @staticmethod
+    def _tokenize(texts, tokenizer, max_length):
+        out = []
+        kwargs = {"truncation": True, "max_length": max_length} if max_length else {}
+        for ids in tokenizer(texts, **kwargs)["input_ids"]:
+            if ids and ids[-1] == tokenizer.eos_token_id:
+                ids = ids[:-1]  # tokenizers that append eos (T5-style) would end the prompt early
+            out.append(ids)
+        return out
+
+    def answer_ids(self, tokenizer, answers: list[str]) -> list[list[int]]:
+        """Each answer's tokens as they follow a cue: the separator, then the text."""
+        return tokenizer([self.ANSWER_SEP + a for a in answers], add_special_tokens=False)["input_ids"]
+
+    def encode(self, sources, targets, tokenizer, max_source, max_target, answer_cue=""):
+        prompts = self._prompt_ids(sources, tokenizer, max_source, answer_cue)
         feats = []
-        for p, a in zip(prompts, answers):
+        for p, a in zip(prompts, self.answer_ids(tokenizer, targets)):
             a = a[: max(0, max_target - 1)] + [tokenizer.eos_token_id]
             feats.append({"input_ids": p + a, "labels": [IGNORE_INDEX] * len(p) + a})
         return feats
 
-    def encode_inputs(self, sources, tokenizer, max_source):
-        return [{"input_ids": ids} for ids in self._prompt_ids(sources, tokenizer, max_source)]
+    def encode_inputs(self, sources, tokenizer, max_source, answer_cue=""):
+        return [{"input_ids": ids} for ids in self._prompt_ids(sources, tokenizer, max_source, answer_cue)]
 
     def collate(self, features, tokenizer):
         ids = [f["input_ids"] for f in features]
@@ -102,7 +103,16 @@ class CausalFamily(Family):
             batch["labels"] = pad_rows([f["labels"] for f in features], IGNORE_INDEX)
         return batch
 
+    def _as_answers(self, label_ids):
+        """The labels' own tokens (evaluate.label_token_ids) as training wrote them: after the separator."""
+        tok = self._tokenizer
+        if tok is None:  # a family never given its tokenizer scores the tokens as they come
+            return [list(ids) for ids in label_ids]
+        return self.answer_ids(tok, [tok.decode(ids).lstrip(self.ANSWER_SEP) for ids in label_ids])
+
     def label_logprobs(self, model, batch, label_ids, **kwargs):
+        """[batch, n_labels] log-likelihood of each label as the answer after each prompt."""
+        label_ids = self._as_answers(label_ids)
         prompts = _unpad(batch)
         device = batch["input_ids"].device
         lengths = torch.tensor([len(p) for p in prompts], device=device)

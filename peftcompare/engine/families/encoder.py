@@ -1,9 +1,10 @@
-"""Encoder classifiers (BERT, RoBERTa, ...): a classification head over label words; no generation."""
+"""Encoder classifiers (BERT, DeBERTa, ModernBERT, ...): a classification head over label words; no generation."""
 from __future__ import annotations
 
 import torch
 
-from peftcompare.engine.families.base import IGNORE_INDEX, Family, pad_rows
+from peftcompare.engine.families import layout
+from peftcompare.engine.families.base import Family, pad_rows
 
 
 class EncoderFamily(Family):
@@ -18,7 +19,6 @@ class EncoderFamily(Family):
         # because PEFT appends its own names to the list it is given
         return ["classifier"]
     generative = False
-    model_types = ("bert", "roberta", "xlm-roberta", "electra")
 
     def auto_class(self):
         from transformers import AutoModelForSequenceClassification
@@ -47,24 +47,18 @@ class EncoderFamily(Family):
         model.config.id2label = dict(enumerate(label_words))
         model.config.label2id = {w: i for i, w in enumerate(label_words)}
 
-    def target_modules(self, names):
-        return [{"q": "query", "k": "key", "v": "value", "o": "attention.output.dense"}.get(n, n) for n in names]
-
-    def ia3_modules(self, names):
-        return ["key", "value", "output.dense"], ["output.dense"]
-
-    def attention_geometry(self, config):
-        heads = config.num_attention_heads
-        return heads, config.hidden_size // heads, config.num_hidden_layers
-
     def _base(self, model):
         return getattr(model, model.base_model_prefix)
 
     def top_blocks(self, model, n):
         base = self._base(model)
-        blocks = list(base.encoder.layer)[-n:]
-        # the pooler sits above the top block
-        return blocks + ([base.pooler] if getattr(base, "pooler", None) is not None else [])
+        # what sits between the top block and the classifier trains with it: BERT's pooler, DeBERTa's
+        # pooler, DistilBERT's pre_classifier, ModernBERT's final norm and head
+        above = [base.pooler] if getattr(base, "pooler", None) is not None else []
+        above += layout.final_norms(base)
+        above += [m for name, m in model.named_children()
+                  if m is not base and name not in self.modules_to_save and any(True for _ in m.parameters())]
+        return layout.layer_list(base)[-n:] + above
 
     def head_parameters(self, model):
         return list(model.classifier.parameters())
@@ -81,7 +75,7 @@ class EncoderFamily(Family):
             batch["labels"] = torch.tensor([index[f["target"]] for f in features], dtype=torch.long)
         return batch
 
-    def encode(self, sources, targets, tokenizer, max_source, max_target):
+    def encode(self, sources, targets, tokenizer, max_source, max_target, answer_cue=""):
         # the class index is known only once the label words are attached, so keep the word here
         return [{**f, "target": t} for f, t in zip(self.encode_inputs(sources, tokenizer, max_source), targets)]
 

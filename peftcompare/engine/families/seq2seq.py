@@ -1,14 +1,18 @@
-"""Encoder-decoder models (T5, BART, ...): text-to-text training, label scoring and generation."""
+"""Encoder-decoder models (T5, BART, mT5, ...): text-to-text training, label scoring and generation."""
 from __future__ import annotations
 
 import torch
 
+from peftcompare.engine.families import layout
 from peftcompare.engine.families.base import IGNORE_INDEX, Family, pad_rows
 
 
 class Seq2SeqFamily(Family):
     name = "seq2seq"
     peft_task_type = "SEQ_2_SEQ_LM"
+    # a prefix extends the decoder's self-attention
+    heads_keys = ("decoder_attention_heads", "num_attention_heads")
+    layers_keys = ("decoder_layers", "num_decoder_layers", "num_hidden_layers")
 
     def auto_class(self):
         from transformers import AutoModelForSeq2SeqLM
@@ -29,36 +33,18 @@ class Seq2SeqFamily(Family):
         model.all_tied_weights_keys = {}
         model.config.scale_decoder_outputs = False
 
-    def attention_geometry(self, config):
-        if getattr(config, "model_type", "") == "t5":
-            return config.num_heads, config.d_kv, config.num_decoder_layers
-        heads = config.decoder_attention_heads
-        return heads, config.d_model // heads, config.decoder_layers
-
-    def target_modules(self, names):
-        if getattr(self, "_bart", False):
-            return [{"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "out_proj"}.get(n, n) for n in names]
-        return names
-
-    def ia3_modules(self, names):
-        if getattr(self, "_bart", False):
-            return ["k_proj", "v_proj", "fc2"], ["fc2"]
-        return ["k", "v", "wo"], ["wo"]
-
     def top_blocks(self, model, n):
-        blocks = []
-        for stack in (model.get_encoder(), model.get_decoder()):
-            layers = getattr(stack, "block", None) or getattr(stack, "layers")
-            blocks.extend(list(layers)[-n:])
-        return blocks
+        # the top n blocks of each stack
+        return [b for stack in (model.get_encoder(), model.get_decoder()) for b in layout.layer_list(stack)[-n:]]
 
     def head_parameters(self, model):
-        # final layer norms belong with the top blocks
-        # (T5's encoder/decoder.final_layer_norm; BART's per-layer final_layer_norm lives inside the blocks)
-        return [p for n, p in model.named_parameters() if "final_layer_norm" in n and "block" not in n
-                and "layers" not in n]
+        # the norms each stack applies after its blocks belong with the top blocks (T5's final_layer_norm;
+        # BART has none: its final_layer_norm lives inside each block)
+        return [p for stack in (model.get_encoder(), model.get_decoder()) for norm in layout.final_norms(stack)
+                for p in norm.parameters()]
 
-    def encode(self, sources, targets, tokenizer, max_source, max_target):
+    def encode(self, sources, targets, tokenizer, max_source, max_target, answer_cue=""):
+        # the answer cue is for decoder-only models; the decoder here starts its own sequence
         enc = tokenizer(sources, truncation=True, max_length=max_source)
         lab = tokenizer(text_target=targets, truncation=True, max_length=max_target)
         return [{"input_ids": i, "labels": l} for i, l in zip(enc["input_ids"], lab["input_ids"])]

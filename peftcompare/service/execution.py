@@ -1,0 +1,113 @@
+"""A run against the store: `StoreReporter` (engine.reporting's Reporter protocol on a Store) and `execute`,
+which drives a claimed run to a final status whatever happens.
+
+Torch-free at import: the engine is imported only inside the functions that train.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from peftcompare.core.spec import RunSpec
+from peftcompare.service.store import Store
+
+
+class StoreReporter:
+    """Writes one run's row of the store as it trains, and reads its cancel flag.
+
+    Log lines go to stdout (the worker captures a child's stdout as the run's log), through the terminal's
+    progress bar when there is one; `progress(step, total, loss)` is called every step.
+    """
+
+    def __init__(self, store: Store, run_id: str, progress=None):
+        self.store, self.run_id, self.progress = store, run_id, progress
+
+    def log(self, msg: str) -> None:
+        write = getattr(self.progress, "write", None)  # a bar redraws beneath the line instead of tearing
+        if write is not None:
+            write(msg)
+        else:
+            print(msg, flush=True)
+
+    def cache_dir(self) -> Path:
+        return self.store.cache_dir
+
+    def started(self, facts: dict[str, Any]) -> None:
+        self.store.update(self.run_id, trainable_params=facts["trainable_params"],
+                          total_params=facts["total_params"], precision=facts["precision"], device=facts["device"],
+                          data_fingerprint=facts["data_fingerprint"], data_source=facts["data_source"],
+                          versions_json=facts["versions"], total_steps=facts["total_steps"],
+                          fast_paths_json=facts["fast_paths"], world_size=facts["world_size"],
+                          spec_json=facts["spec"].to_json())
+
+    def tick(self, step: int, total: int, loss: float) -> None:
+        if self.progress:
+            self.progress(step, total, loss)
+
+    def steps(self, rows: list, step: int, total: int, loss: float, eta: float | None) -> None:
+        self.store.add_steps(self.run_id, rows)
+        self.store.update(self.run_id, step=step, progress=step / max(1, total), current_loss=loss, eta_s=eta,
+                          heartbeat=time.time())
+
+    def epoch(self, epochs: list[dict]) -> None:
+        self.store.update(self.run_id, epochs_json=epochs, heartbeat=time.time())
+
+    def cancel_requested(self) -> bool:
+        return self.store.cancel_requested(self.run_id)
+
+    def staging_dir(self) -> Path:
+        return self.store.staging_path(self.run_id)
+
+    def commit(self, staging: Path) -> Path:
+        return self.store.commit_adapter(self.run_id, staging)
+
+    def completed(self, record: dict, adapter_dir: Path | None, adapter_bytes: int | None) -> None:
+        self.store.transition(self.run_id, "completed", ("running",), metrics_json=record["metrics"],
+                              epochs_json=record["epochs"], train_runtime=record["train_runtime"],
+                              eval_runtime=record["eval_runtime"],
+                              train_samples_per_second=record["train_samples_per_second"],
+                              peak_memory_mb=record["peak_memory_mb"], adapter_bytes=adapter_bytes,
+                              adapter_dir=str(adapter_dir) if adapter_dir else None, finished_at=time.time(),
+                              progress=1.0, eta_s=0.0, heartbeat=time.time())
+
+
+def run_training(spec: RunSpec, store: Store, run_id: str, progress=None) -> dict:
+    """Train one run recorded in `store` (status running); returns its record. Raises on failure."""
+    from peftcompare.engine import train
+
+    return train.run(spec, StoreReporter(store, run_id, progress))
+
+
+def execute(spec: RunSpec, store: Store, run_id: str, progress=None) -> int:
+    """Run a claimed run to a final status. Returns a process exit code (0 ok, 1 failed, 3 cancelled,
+    130 interrupted)."""
+    from peftcompare.engine import train
+
+    reporter = StoreReporter(store, run_id, progress)
+    try:
+        train.run(spec, reporter)
+        return 0
+    except train.Cancelled:
+        store.transition(run_id, "cancelled", ("running",), finished_at=time.time(), error="cancelled by the user")
+        reporter.log("cancelled")
+        return 3
+    except KeyboardInterrupt:
+        store.transition(run_id, "cancelled", ("running",), finished_at=time.time(), error="interrupted (Ctrl-C)")
+        return 130
+    except BaseException as exc:  # noqa: BLE001 - every failure must reach the record
+        reason = train.failure_reason(exc)
+        traceback.print_exc(file=sys.stdout)
+        try:
+            store.transition(run_id, "failed", ("running", "queued"), finished_at=time.time(), error=reason)
+        finally:
+            reporter.log(f"failed: {reason}")
+        return 1
+    finally:
+        try:
+            store.discard_staging(run_id, os.getpid())
+        except OSError:
+            pass
