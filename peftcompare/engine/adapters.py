@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +31,8 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")  # formats
 _DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
                 "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 MAX_HEADER_BYTES = 100 * 2**20
+PEFT_PREFIX = "base_model.model."  # PEFT's name for the wrapped model in a saved state dict
+KV_PROMPTS = ("PREFIX_TUNING", "CARTRIDGE")  # prompt learning stored as keys and values of every layer
 
 
 # -- writer ------------------------------------------------------------------------------------------
@@ -37,10 +40,20 @@ def trainable_state(model) -> dict:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_adapter(model, spec: RunSpec, out: Path, record: dict) -> None:
-    """PEFT adapters via save_pretrained; other methods save their trainable tensors as safetensors."""
+def save_adapter(model, spec: RunSpec, out: Path, record: dict, adapter_name: str | None = None) -> None:
+    """PEFT adapters via save_pretrained; other methods save their trainable tensors as safetensors.
+    `adapter_name`: the one adapter of a model that holds several (a LoRA pack) to save, as a plain adapter
+    that `PeftModel.from_pretrained` loads like any other."""
     method = methods.get_method(spec.method)
-    if method.make_config is not None:
+    if method.make_config is not None and adapter_name is not None:
+        import shutil
+        import tempfile
+
+        with tempfile.TemporaryDirectory(dir=out) as tmp:  # PEFT writes a named adapter into a subfolder
+            model.save_pretrained(tmp, safe_serialization=True, selected_adapters=[adapter_name])
+            for f in (Path(tmp) / adapter_name).iterdir():
+                shutil.move(str(f), str(out / f.name))
+    elif method.make_config is not None:
         model.save_pretrained(str(out), safe_serialization=True)
     else:
         from safetensors.torch import save_file
@@ -71,7 +84,10 @@ tags: [peftcompare, {spec.method}, {spec.task}]
 
 Trained by peftcompare run `{record['run_id']}` on `{spec.model_name}`: {spec.train_samples or 'all'} training
 examples, {spec.num_train_epochs} epochs, learning rate {spec.learning_rate}, batch {spec.per_device_train_batch_size},
-seed {spec.seed}, precision {record.get('precision')}. Best epoch: {record.get('best_epoch')}.
+seed {spec.seed}, precision {record.get('precision')}. Best epoch: {record.get('best_epoch')}, chosen on the
+{(record.get('selection') or {}).get('on', spec.selection)} split{
+    " (the original experiment's protocol: optimistic)" if spec.selection == "validation" else
+    " carved from the training data; the metrics below are the validation split's, scored once"}.
 Trainable parameters: {record.get('trainable_params'):,} of {record.get('total_params'):,}.
 Data: {record.get('data_source')} (fingerprint `{record.get('data_fingerprint')}`).
 {"".join(f"Note: {n}." + chr(10) for n in record.get("notes") or [])}
@@ -90,6 +106,19 @@ The full spec, library versions and per-epoch metrics are in `run.json`.
 # -- reader ------------------------------------------------------------------------------------------
 def weights_file(method: methods.Method) -> str:
     return PEFT_WEIGHTS if method.make_config is not None else SWAP_WEIGHTS
+
+
+def stored_params(adapter_dir: str | Path) -> int:
+    """Tensor elements in an adapter's weights files (header only). It can differ from the trainable count:
+    VeRA and RandLoRA store their shared random projections, SHiRA its indices, P-tuning the prompt its
+    encoder produced, PiSSA-style methods nothing they re-derive from the base."""
+    total = 0
+    for f in sorted(Path(adapter_dir).glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            n = struct.unpack("<Q", fh.read(8))[0]
+            header = json.loads(fh.read(n))
+        total += sum(math.prod(int(d) for d in v["shape"]) for k, v in header.items() if k != "__metadata__")
+    return total
 
 
 def peft_config(path: str | Path) -> dict:
@@ -293,7 +322,7 @@ def _check_swapped(rec: dict, loaded: models.Loaded, shapes: dict) -> None:
 
 def _check_prompt(rec: dict, loaded: models.Loaded, shape: tuple) -> None:
     """A soft prompt's width is the embedding width; a prefix's is keys and values of every layer."""
-    if rec["_config"].get("peft_type") == "PREFIX_TUNING":
+    if rec["_config"].get("peft_type") in KV_PROMPTS:
         heads, head_dim, layers = loaded.family.attention_geometry(loaded.model.config)
         need = 2 * layers * heads * head_dim
     else:
@@ -302,15 +331,46 @@ def _check_prompt(rec: dict, loaded: models.Loaded, shape: tuple) -> None:
         raise _wrong_shape(rec, loaded, "prompt_embeddings", shape, (shape[0], need))
 
 
+def adapted_module(model, key: str) -> str | None:
+    """The module of `model` a saved PEFT tensor belongs to: the longest prefix of its name (PEFT_PREFIX
+    removed) that names a module ('' for the model itself); None for a tensor outside the wrapped model
+    (a basis or vector PEFT shares across layers, e.g. FRoD's, Uni-LoRA's)."""
+    if not key.startswith(PEFT_PREFIX):
+        return None
+    parts = key[len(PEFT_PREFIX):].split(".")
+    names = _module_names(model)
+    for end in range(len(parts) - 1, 0, -1):
+        if ".".join(parts[:end]) in names:
+            return ".".join(parts[:end])
+    return ""
+
+
+def _module_names(model) -> set[str]:
+    return {n for n, _ in model.named_modules()}
+
+
 def _check_injected(rec: dict, loaded: models.Loaded, shapes: dict) -> None:
-    """LoRA/AdaLoRA/IA3 tensors: the module they adapt exists and has the features they multiply."""
+    """Tensors injected into named layers: each names a layer of this model; LoRA/AdaLoRA/IA3 factors have
+    the features of the layer they multiply, and every other tensor the shape the adapter's method gives
+    this model (its config applied to a shapes-only copy, `_expected_shapes`)."""
+    for key in shapes:
+        if adapted_module(loaded.model, key) == "":
+            raise _misfit(rec, loaded, f"it has no layer for {key}")
+    markers = (".lora_A", ".lora_B", ".lora_E", ".ia3_l")
+    try:  # built only for tensors the markers below do not cover (not for plain LoRA or IA3)
+        expected = (None if all(any(m in k for m in markers) for k in shapes) else _expected_shapes(rec, loaded))
+    except (TypeError, RuntimeError, NotImplementedError, ValueError) as exc:
+        why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise _misfit(rec, loaded, f"its method cannot be applied to it: {why}") from None
     for key, shape in shapes.items():
-        path = key.removeprefix("base_model.model.")
-        for marker in (".lora_A", ".lora_B", ".lora_E", ".ia3_l"):
+        path = key.removeprefix(PEFT_PREFIX)
+        for marker in markers:
             if marker in path:
                 path, part = path.split(marker, 1)[0], marker
                 break
-        else:
+        else:  # AdaLoRA's pruned ranks differ from a fresh config's; the others are compared whole
+            if expected is not None and key in expected and tuple(expected[key]) != tuple(shape):
+                raise _wrong_shape(rec, loaded, key, shape, expected[key])
             continue
         try:
             module = loaded.model.get_submodule(path)
@@ -323,3 +383,27 @@ def _check_injected(rec: dict, loaded: models.Loaded, shapes: dict) -> None:
             raise _wrong_shape(rec, loaded, key, shape, (fout, shape[-1]))
         if part == ".ia3_l" and fin is not None and max(shape) not in (fin, fout):
             raise _wrong_shape(rec, loaded, key, shape, (fout, 1))
+
+
+def _expected_shapes(rec: dict, loaded: models.Loaded) -> dict[str, tuple[int, ...]] | None:
+    """The saved tensors' shapes the adapter's method gives this base model; None for a method that needs the
+    weights to be built (Method.reads_weights: only its layers' names are checked)."""
+    spec = rec["_spec"]
+    if methods.get_method(spec.method).reads_weights:
+        return None
+    return _shapes_for(loaded.name, spec, tuple(rec.get("label_words") or ()))
+
+
+@lru_cache(maxsize=32)
+def _shapes_for(model_name: str, spec: RunSpec, label_words: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    from peft import get_peft_model, get_peft_model_state_dict
+
+    from peftcompare.engine import models  # lazily: this module stays torch-free for service.integrity
+
+    meta = models.load_model(model_name, meta=True)
+    if label_words and hasattr(meta.family, "attach_labels"):  # an encoder's head is sized by the labels
+        meta.family.attach_labels(meta, list(label_words))
+    config = methods.get_method(spec.method).make_config(spec, meta.model, meta.tokenizer, meta.family,
+                                                         total_steps=100)
+    model = get_peft_model(meta.model, config)
+    return {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}

@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch
 from peft import PeftModel
+from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers.modeling_outputs import BaseModelOutput
 
@@ -25,7 +26,7 @@ from peftcompare.core.spec import RunSpec
 from peftcompare.engine import data as data_mod
 from peftcompare.engine import evaluate as eval_mod
 from peftcompare.engine import method_hooks, models, runtime
-from peftcompare.engine.adapters import base_parameter, check_fits, read_adapter
+from peftcompare.engine.adapters import adapted_module, base_parameter, check_fits, read_adapter
 from peftcompare.engine.lora_bank import LoraBank
 
 MAX_COMPARE_CHARS = 20_000
@@ -267,12 +268,42 @@ class CompareEngine:
         results = {}
         for c in cols:
             self._drop_lora()
-            wrapped = PeftModel.from_pretrained(self._raw(), str(c["rec"]["_dir"])).eval()
-            try:
-                results.update(self._run_rows(_fixed(wrapped), [c], job))
-            finally:
-                wrapped.unload()
+            with self._layers_kept(c["rec"]):
+                wrapped = self._load_injected(c["rec"])
+                try:
+                    results.update(self._run_rows(_fixed(wrapped), [c], job))
+                finally:
+                    wrapped.unload()
         return results
+
+    def _load_injected(self, rec: dict):
+        try:
+            return PeftModel.from_pretrained(self._raw(), str(rec["_dir"])).eval()
+        except (RuntimeError, ValueError, TypeError) as exc:
+            # what check_fits cannot see without the weights (Method.reads_weights) fails here, possibly with
+            # layers half-injected into the shared base: drop it, the next comparison loads it afresh
+            self.loaded = None
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+            why = next((line for line in lines if "size mismatch" in line), lines[0])[:200]
+            raise ValueError(f"adapter: {rec['_dir'].name} does not fit {rec['_spec'].model_name} ({why})") from None
+
+    @contextmanager
+    def _layers_kept(self, rec: dict):
+        """The base weights of the layers an adapter adapts, put back after its pass: PiSSA and OLoRA rewrite
+        them when they load (PEFT re-derives their residual from the base), and unloading keeps the rewrite."""
+        raw = self._raw()
+        with safe_open(str(rec["_weights"]), "pt") as f:
+            layers = {adapted_module(raw, k) for k in f.keys()} - {None, ""}
+        kept = {f"{m}.{leaf}": p.detach().clone() for m in layers for leaf in ("weight", "bias")
+                if (p := base_parameter(raw, f"{m}.{leaf}")) is not None}
+        try:
+            yield
+        finally:
+            if self.loaded is not None:
+                with torch.no_grad():
+                    for name, t in kept.items():
+                        if (p := base_parameter(raw, name)) is not None:
+                            p.copy_(t)
 
     def _run_mixed(self, cols: list[dict], job: _Job) -> dict:
         """Zero-shot and every LoRA adapter: one mixed batch, through the bank or PEFT's adapter_names."""

@@ -22,6 +22,10 @@ SERVE_NONE = "none"  # the base model itself (zero-shot)
 KNOB_RANK = "rank"
 KNOB_TOKENS = "tokens"
 
+# how runs of a method can be packed into one pass over the frozen base (Method.pack)
+PACK_LORA = "lora"
+PACK_PROMPT = "prompt"
+
 # the model families (engine/families: Family.name) a method can be applied to
 FAMILIES = ("seq2seq", "causal", "encoder")
 
@@ -29,6 +33,16 @@ FAMILIES = ("seq2seq", "causal", "encoder")
 ROLE_BASELINE = "baseline"  # trains nothing: the base model (a horizontal reference line)
 ROLE_FULL = "full"  # every weight trains: the reference the adapters are measured against (a line too)
 ROLE_ADAPTER = "adapter"  # a parameter-efficient method: a curve over its capacity
+
+# how a method changes the model, as the app groups them (Method.method_family), each with its one line
+METHOD_FAMILIES = {
+    "additive low-rank": "A small low-rank (or randomly projected) update added to the frozen weights.",
+    "multiplicative/orthogonal": "The frozen weights rotated, reflected or rescaled by a small learned transform.",
+    "frequency/sparse": "A few learned coefficients: spectral components or a sparse set of weight entries.",
+    "soft prompts": "Learned virtual tokens or key/value prefixes; the weights stay untouched.",
+    "selective": "A chosen part of the model trains (biases, norms, embeddings, top blocks).",
+    "reference": "The baselines every method is measured against.",
+}
 
 
 @dataclass(frozen=True)
@@ -64,6 +78,15 @@ class Method:
     # module, named as data so that core never imports the engine, that provides prepare(spec, model, family),
     # attach(model, spec) -> handle with .detach(), and merge(model); resolved by engine/method_hooks.py
     engine_hooks: str = ""
+    # how several runs of it train packed in one pass over a shared frozen base (engine/packing.py):
+    # PACK_LORA (per-row LoRA adapters in one PEFT model), PACK_PROMPT (per-row soft prompts); "" one at a time
+    pack: str = ""
+    method_family: str = ""  # METHOD_FAMILIES key: how the app groups the method
+    paper: str = ""  # the paper it comes from: title (arXiv id), or where PEFT points for it
+    # its PEFT initialisation reads the base weights (an SVD, clustering, a joint decomposition), so a
+    # shapes-only (meta) copy of the model cannot build it, or builds it wrong (AdaLoRA's constant ranknum
+    # turns trainable on the meta device): parameter counts build the model for real
+    reads_weights: bool = False
 
     @property
     def trains(self) -> bool:
@@ -94,6 +117,8 @@ def register_method(method: Method) -> Method:
         raise ValueError(f"method {method.name!r} is registered twice")
     if (method.make_config is None) == (method.prepare is None) and method.trains:
         raise ValueError(f"method {method.name!r}: give exactly one of make_config and prepare")
+    if method.method_family not in METHOD_FAMILIES:
+        raise ValueError(f"method {method.name!r}: method_family must be one of {', '.join(METHOD_FAMILIES)}")
     if not method.serve:
         method = replace(method, serve=SERVE_PEFT if method.make_config is not None else SERVE_SWAP)
     METHODS[method.name] = method

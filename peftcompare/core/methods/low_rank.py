@@ -1,7 +1,8 @@
 """Additive low-rank updates of the attention projections: LoRA and AdaLoRA."""
 from __future__ import annotations
 
-from peftcompare.core.methods.base import KNOB_RANK, SERVE_LORA_BANK, Method, register_method, target_names
+from peftcompare.core.methods.base import (KNOB_RANK, PACK_LORA, SERVE_LORA_BANK, Method, register_method,
+                                           target_names)
 
 _LORA_FIELDS = ("lora_alpha", "lora_dropout", "target_modules")
 
@@ -42,10 +43,14 @@ def _adalora_step(model, step: int) -> None:
 
 
 register_method(Method(
-    "lora", "LoRA", "rank r", (4, 8, 16, 32), 1024, make_config=_lora, serve=SERVE_LORA_BANK,
+    "lora", "LoRA", "rank r", (4, 8, 16, 32), 1024, make_config=_lora, serve=SERVE_LORA_BANK, pack=PACK_LORA,
     sweep_knob=KNOB_RANK, fields=_LORA_FIELDS, offline_grid=(4, 8),
-    color="#4c78a8", help="Low-rank updates B·A added to the attention projections."))
+    color="#4c78a8", method_family="additive low-rank",
+    paper="LoRA: Low-Rank Adaptation of Large Language Models (arXiv:2106.09685)",
+    help="Low-rank updates B·A added to the attention projections."))
 register_method(Method(
     "adalora", "AdaLoRA", "target avg rank", (2, 4, 8, 16), 512, make_config=_adalora, sweep_knob=KNOB_RANK,
-    on_step=_adalora_step, fields=_LORA_FIELDS, learning_rate=1e-3,
-    color="#b279a2", help="LoRA whose rank budget is reallocated across layers during training."))
+    on_step=_adalora_step, fields=_LORA_FIELDS, learning_rate=1e-3, reads_weights=True,
+    color="#b279a2", method_family="additive low-rank",
+    paper="Adaptive Budget Allocation for Parameter-Efficient Fine-Tuning (arXiv:2303.10512)",
+    help="LoRA whose rank budget is reallocated across layers during training."))

@@ -32,6 +32,8 @@ register_method(Method(
     "prefix_full", "Prefix-Tuning (faithful)", "virtual tokens", (10, 20, 50, 100), 1024,
     prepare=_prepare, engine_hooks=ENGINE_HOOKS, serve=SERVE_SWAP, sweep_knob=KNOB_TOKENS, notes=_notes,
     note=PREFIX_FULL_NOTE, learning_rate=1e-2, color="#e17c05", works_on=("seq2seq",),
+    method_family="soft prompts",
+    paper="Prefix-Tuning: Optimizing Continuous Prompts for Generation (arXiv:2101.00190)",
     not_on_reason="it puts prefixes in an encoder's self-attention and a decoder's cross-attention",
     help="Trainable key/value prefixes in every encoder self-attention, decoder self-attention and "
          "cross-attention layer (the paper's encoder-decoder prefix tuning)."))

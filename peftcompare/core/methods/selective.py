@@ -51,11 +51,17 @@ def _bitfit_notes(spec, loaded) -> list[str]:
 
 register_method(Method(
     "ia3", "IA³", make_config=_ia3, fields=("target_modules",), learning_rate=3e-3,
-    color="#54a24b", help="Learned scaling vectors on keys, values and the feed-forward activations."))
+    color="#54a24b", method_family="multiplicative/orthogonal",
+    paper="Few-Shot Parameter-Efficient Fine-Tuning is Better and Cheaper than In-Context Learning (arXiv:2205.05638)",
+    help="Learned scaling vectors on keys, values and the feed-forward activations."))
 register_method(Method(
     "last_layers", "Last layers", "unfrozen blocks", (1, 2, 4), 64, prepare=_last_layers, learning_rate=1e-4,
-    color="#bcbd22", help="Only the top N transformer blocks (of each stack) and the head train."))
+    color="#bcbd22", method_family="selective",
+    help="Only the top N transformer blocks (of each stack) and the head train."))
 register_method(Method(
     "bitfit", "BitFit", prepare=_bitfit, notes=_bitfit_notes, learning_rate=1e-3,
     note="T5 has no bias terms: for T5 models BitFit tunes the LayerNorm weights instead.", note_families=("t5",),
-    color="#ff9da6", help="Only bias terms train (LayerNorm weights where a model has no biases)."))
+    color="#ff9da6", method_family="selective",
+    paper="BitFit: Simple Parameter-efficient Fine-tuning for Transformer-based Masked Language-models "
+          "(arXiv:2106.10199)",
+    help="Only bias terms train (LayerNorm weights where a model has no biases)."))

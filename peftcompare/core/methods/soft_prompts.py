@@ -1,7 +1,7 @@
 """Virtual tokens: prefix tuning (key/value prefixes), prompt tuning and P-tuning (input embeddings)."""
 from __future__ import annotations
 
-from peftcompare.core.methods.base import (KNOB_TOKENS, SERVE_PREFIX, SERVE_SOFT_PROMPT, Method,
+from peftcompare.core.methods.base import (KNOB_TOKENS, PACK_PROMPT, SERVE_PREFIX, SERVE_SOFT_PROMPT, Method,
                                            register_method)
 from peftcompare.core.tasks import get_task
 
@@ -51,10 +51,16 @@ _TOKENS = dict(capacity_name="virtual tokens", capacities=(10, 20, 50, 100), max
 register_method(Method(
     "prefix", "Prefix-Tuning", make_config=_prefix, serve=SERVE_PREFIX, notes=_prefix_notes, note=PREFIX_NOTE,
     note_families=("t5", "seq2seq"), offline_grid=(8, 16), **{**_TOKENS, "learning_rate": 1e-2},
-    color="#f58518", help="Trainable key/value prefixes prepended in every attention layer."))
+    color="#f58518", method_family="soft prompts",
+    paper="Prefix-Tuning: Optimizing Continuous Prompts for Generation (arXiv:2101.00190)",
+    help="Trainable key/value prefixes prepended in every attention layer."))
 register_method(Method(
     "prompt", "Prompt-Tuning", make_config=_prompt, serve=SERVE_SOFT_PROMPT, offline_grid=(8, 16), **_TOKENS,
-    color="#e45756", help="Trainable soft-prompt embeddings prepended to the input, initialised from the task's instruction text."))
+    pack=PACK_PROMPT,
+    color="#e45756", method_family="soft prompts",
+    paper="The Power of Scale for Parameter-Efficient Prompt Tuning (arXiv:2104.08691)",
+    help="Trainable soft-prompt embeddings prepended to the input, initialised from the task's instruction text."))
 register_method(Method(
     "ptuning", "P-tuning", make_config=_ptuning, serve=SERVE_SOFT_PROMPT, **{**_TOKENS, "learning_rate": 1e-2},
-    color="#72b7b2", help="Virtual tokens produced by a small MLP prompt encoder."))
+    color="#72b7b2", method_family="soft prompts", paper="GPT Understands, Too (arXiv:2103.10385)",
+    help="Virtual tokens produced by a small MLP prompt encoder."))
