@@ -63,3 +63,41 @@ def test_written_results_read_like_peft_method_comparison(tmp_path):
     assert rec["run_info"]["experiment_name"].startswith("lora/classification-tiny-t5-r4-s")
     zs = by_type.loc["full-finetuning"]  # PEFT files a config-less run under this name; it is zero-shot here
     assert zs["train_info/file_size"] == 0 and zs["train_info/train_time"] == 0.0
+
+
+def test_results_format_peft_mc_through_the_cli(tmp_path):
+    """`results --format peft-mc --out DIR`: one file per run, with the protocol a reader needs (selection split
+    and its size, budget spent, model and data fingerprints) and the one-line refusals."""
+    home = tmp_path / "home"
+    cli("train", "--method", "lora", "--capacity", "4", *TINY, "--dev_samples", "16", home=home, check=True)
+    out = tmp_path / "mc"
+    proc = cli("results", "--format", "peft-mc", "--out", str(out), home=home, check=True)
+    assert proc.stdout.strip() == f"wrote 1 result files in PEFT method_comparison's layout to {out}"
+    (path,) = out.glob("*.json")
+    rec = json.loads(path.read_text())
+    (run,) = Store(home).list_runs()
+    assert set(rec) == {"run_info", "train_info", "meta_info"}
+    for key in ("created_at", "total_time", "experiment_name", "peft_config", "train_config", "error_msg"):
+        assert key in rec["run_info"], key
+    for key in ("train_time", "file_size", "num_trainable_params", "num_total_params", "status", "metrics",
+                "accelerator_memory_max"):
+        assert key in rec["train_info"], key
+    cfg = rec["run_info"]["train_config"]
+    assert cfg["selection"] == "dev" and cfg["selected"] == {**run["selection"]} and cfg["selected"]["examples"] == 16
+    assert cfg["budget_spent"]["steps"] == run["total_steps"] and cfg["budget_spent"]["flop_model"]["formula"]
+    meta = rec["meta_info"]
+    assert meta["model_info"]["sha"] == run["model_fingerprint"] and len(run["model_fingerprint"]) == 16
+    assert meta["dataset_info"]["sha"] == run["data_fingerprint"]
+    assert meta["package_info"]["peft-version"] == run["versions"]["peft"]
+    last = rec["train_info"]["metrics"][-1]
+    assert last["selected on"] == "dev" and last["test accuracy"] == run["metrics"]["accuracy"]
+    assert last["train total tokens"] == run["budget"]["tokens"] > 0
+    # per-epoch entries carry the dev score as PEFT's validation accuracy, never as a test score
+    first = rec["train_info"]["metrics"][0]
+    assert first["valid split"] == "dev" and "test accuracy" not in first
+    assert first["valid accuracy"] == run["epochs"][0]["dev_accuracy"]
+    for argv, needle in ((["--format", "peft-mc"], "out: --format peft-mc needs --out"),
+                         (["--format", "json", "--out", str(out)], "out: only --format peft-mc"),
+                         (["--format", "peft-mc", "--summary", "--out", str(out)], "summary:")):
+        bad = cli("results", *argv, home=home)
+        assert bad.returncode == 2 and bad.stderr.strip().startswith(f"error: {needle}"), bad.stderr

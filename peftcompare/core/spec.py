@@ -18,10 +18,15 @@ from peftcompare.core import methods, tasks
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SELECTIONS = ("dev", "validation")
+# what every method of a comparison gets the same amount of: epochs (the number of passes), optimizer steps,
+# wall-clock training seconds, or estimated training FLOPs
+BUDGETS = ("epochs", "steps", "seconds", "flops")
 # 2: `selection` and `dev_samples`. A version-1 spec had no dev split: its best epoch was chosen on validation.
-SPEC_VERSION = 2
+# 3: `budget` and `budget_value`; the default selection became "dev".
+SPEC_VERSION = 3
 # fields added after version 1, with the value that does what version 1 did: left out of the spec hash then
-_HASH_NEUTRAL = {"selection": "validation", "dev_samples": 0}
+_HASH_NEUTRAL = {"selection": "validation", "dev_samples": 0, "budget": "epochs", "budget_value": 0.0,
+                 "selection_metric": "metric"}
 
 # -- the offline lesson: one recipe for the built-in tiny models ----------------------------------------
 # builtin:tiny-* models have a few hundred thousand parameters, pretrained once per machine on generated
@@ -102,8 +107,8 @@ class RunSpec:
     train_samples: int = _f(2000, "Training examples, a deterministic subsample by seed (0 = all).")
     eval_samples: int = _f(0, "Validation examples to evaluate on (0 = all), the first N in a fixed order so "
                            "every run of a task sees the same ones.")
-    num_train_epochs: int = _f(3, "Passes over the training subsample. The best epoch by the validation "
-                               "metric is kept.")
+    num_train_epochs: int = _f(3, "Passes over the training subsample (with budget=epochs). The best epoch by "
+                               "the selection split's metric (see selection) is kept.")
     learning_rate: float = _f(5e-4, "Peak learning rate of AdamW (linear decay).")
     per_device_train_batch_size: int = _f(16, "Training batch size per device.")
     per_device_eval_batch_size: int = _f(16, "Evaluation batch size per device.")
@@ -120,11 +125,23 @@ class RunSpec:
                         "or fp16 (GPU only).", choices=PRECISIONS)
     weight_decay: float = _f(0.0, "AdamW weight decay.")
     warmup_ratio: float = _f(0.0, "Fraction of steps with linear warm-up.")
-    selection: str = _f("validation", "Where the best epoch (and any hyper-parameter) is chosen: 'dev', a split carved from "
-                         "the training data (disjoint from the training subsample, deterministic by seed), with "
-                         "the validation split evaluated once on the chosen state; or 'validation', the original "
-                         "experiment's protocol (chosen and reported on the same split: optimistic).")
+    selection: str = _f("dev", "Where the best epoch (and any hyper-parameter) is chosen: 'dev', a split carved "
+                        "from the training data (disjoint from the training subsample, deterministic by seed), with "
+                        "the validation split evaluated once on the chosen state; or 'validation', the original "
+                        "experiment's protocol (chosen and reported on the same split: optimistic).",
+                        choices=SELECTIONS)
     dev_samples: int = _f(0, "Size of the dev split (0 = 10% of train_samples, at least 100 where the data allows).")
+    budget: str = _f("epochs", "What every method gets the same amount of: 'epochs' (num_train_epochs passes), "
+                     "'steps' (optimizer steps), 'seconds' (wall-clock training time) or 'flops' (estimated "
+                     "training FLOPs); the amount is budget_value. The dev (or validation) split is evaluated "
+                     "after every pass over the data and when the budget is spent.", choices=BUDGETS)
+    budget_value: float = _f(0.0, "The budget's amount: optimizer steps, seconds or FLOPs (e.g. 2e15). Ignored "
+                             "with budget=epochs.")
+    selection_metric: str = _f("metric", "What the best epoch is chosen by on the selection split: 'metric', the "
+                               "task's metric (F1, ROUGE-L: summarization generates the whole split after every "
+                               "epoch), or 'loss', the split's mean loss on its references (one forward, no "
+                               "generation; the validation split is then scored once, on the chosen state).",
+                               choices=("metric", "loss"))
 
     # -- construction -------------------------------------------------------------------------------
     def __post_init__(self):
@@ -171,7 +188,14 @@ class RunSpec:
         """The same spec with every 'empty = default' field made explicit, as stored with a run."""
         ds = tasks.get_dataset(self.dataset or tasks.get_task(self.task).default_dataset)
         t = tasks.get_task(self.task)
+        trains = methods.get_method(self.method).trains
+        dev = self.selection == "dev" and trains  # a method that trains nothing has nothing to choose
         return self.replace(
+            selection="dev" if dev else "validation",
+            dev_samples=self.dev_samples if dev else 0,
+            budget=self.budget if trains else "epochs",
+            budget_value=self.budget_value if trains and self.budget != "epochs" else 0.0,
+            selection_metric=self.selection_metric if trains else "metric",
             dataset=ds.name,
             text_column=self.text_column or ds.text_column,
             target_column=self.target_column or ds.target_column,
@@ -197,6 +221,31 @@ class RunSpec:
     def label(self) -> str:
         cap = f" {self.capacity}" if method_has_capacity(self.method) else ""
         return f"{self.method}{cap} · seed {self.seed}"
+
+
+# -- the dev split's size: engine/data.split_dev draws it, the app's duration estimates count it --------
+DEV_FRACTION = 0.1  # of train_samples (of the training data when it is all used)
+DEV_MIN = 100  # where the data allows: a dev set of 20 moves the best epoch by noise alone
+
+
+def dev_size(spec: RunSpec, available: int) -> int:
+    """How many dev examples a spec asks for: dev_samples, else 10 % of train_samples, at least 100."""
+    if spec.dev_samples:
+        return spec.dev_samples
+    return max(DEV_MIN, int(round(DEV_FRACTION * (spec.train_samples or available))))
+
+
+def split_sizes(spec: RunSpec, available: int) -> tuple[int, int]:
+    """(training, dev) examples a spec gets out of `available` training rows: the subsample as without a dev
+    split, the dev split from the rows it leaves, else carved out of the subsample (which keeps half)."""
+    chosen = min(spec.train_samples or available, available)
+    if spec.selection != "dev" or not methods.get_method(spec.method).trains:
+        return chosen, 0
+    rest, want = available - chosen, dev_size(spec, available)
+    if rest >= want:
+        return chosen, want
+    need = max(0, min(want - rest, chosen // 2))
+    return chosen - need, rest + need
 
 
 def method_has_capacity(method: str) -> bool:
@@ -246,9 +295,7 @@ def _validate(s: RunSpec) -> None:
             raise ValueError(f"{f.name}: text is too long or contains a NUL byte")
     if s.task not in tasks.TASKS:
         raise ValueError(f"task: unknown task {s.task!r} (choose from {', '.join(tasks.TASKS)})")
-    if s.method not in methods.METHODS:
-        raise ValueError(f"method: unknown method {s.method!r} (choose from {', '.join(methods.METHODS)})")
-    m = methods.get_method(s.method)
+    m = methods.get_method(s.method)  # unknown, or a PEFT type refused with its reason: one line either way
     if m.capacity_name is not None:
         if s.capacity <= 0:
             raise ValueError(f"capacity: {m.capacity_name} must be > 0, got {s.capacity}")
@@ -286,6 +333,17 @@ def _validate(s: RunSpec) -> None:
         raise ValueError(f"selection: must be one of {', '.join(SELECTIONS)}, got {s.selection!r}")
     if s.dev_samples < 0:
         raise ValueError(f"dev_samples: must be >= 0, got {s.dev_samples}")
+    if s.selection_metric not in ("metric", "loss"):
+        raise ValueError(f"selection_metric: must be metric or loss, got {s.selection_metric!r}")
+    if s.budget not in BUDGETS:
+        raise ValueError(f"budget: must be one of {', '.join(BUDGETS)}, got {s.budget!r}")
+    if s.budget != "epochs" and m.trains and not s.budget_value > 0:
+        raise ValueError(f"budget_value: budget={s.budget} needs a positive amount (--budget_value), "
+                         f"got {s.budget_value:g}")
+    if s.budget == "steps" and not float(s.budget_value).is_integer():
+        raise ValueError(f"budget_value: a number of steps must be whole, got {s.budget_value:g}")
+    if s.budget_value < 0 or (s.budget == "steps" and s.budget_value > 10**8):
+        raise ValueError(f"budget_value: must be >= 0 (and at most 1e8 steps), got {s.budget_value:g}")
     if s.precision not in PRECISIONS:
         raise ValueError(f"precision: must be one of {', '.join(PRECISIONS)}, got {s.precision!r}")
     mods = [t.strip() for t in s.target_modules.split(",")]

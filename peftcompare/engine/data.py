@@ -8,6 +8,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from peftcompare.core import spec as spec_mod
 from peftcompare.core import tasks
 from peftcompare.engine.runtime import hub_reachable
 
@@ -31,7 +32,8 @@ class TaskData:
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
-        for part in (self.train, self.validation):
+        # without a dev split the fingerprint is what it was before dev splits existed
+        for part in (self.train, self.validation, *([self.dev] if self.dev else [])):
             for ex in part:
                 h.update(ex.text.encode())
                 h.update(b"\x1f")
@@ -39,6 +41,11 @@ class TaskData:
                 h.update(b"\x1e")
             h.update(b"\x1d")
         return h.hexdigest()[:16]
+
+
+def example_key(ex: Example) -> str:
+    """A short content key of one example: two runs' answers are paired on the examples whose keys match."""
+    return hashlib.sha256(ex.text.encode() + b"\x1f" + ex.target.encode()).hexdigest()[:12]
 
 
 def read_table(path: str, what: str = "file"):
@@ -169,17 +176,8 @@ def load_task_data(spec) -> TaskData:
     return TaskData(train, val, dev, label_words, source, notice)
 
 
-DEV_FRACTION = 0.1  # of train_samples (of the training data when it is all used)
-DEV_MIN = 100  # where the data allows: a dev set of 20 moves the best epoch by noise alone
 _DEV_SALT = 7919  # the dev draw has its own random stream, so it never replays the training subsample's
-
-
-def dev_size(spec, available: int) -> int:
-    """How many dev examples a spec asks for: dev_samples, else 10 % of train_samples, at least 100."""
-    if spec.dev_samples:
-        return spec.dev_samples
-    base = spec.train_samples or available
-    return max(DEV_MIN, int(round(DEV_FRACTION * base)))
+dev_size = spec_mod.dev_size  # the rule (10 % of train_samples, at least 100) lives with the spec
 
 
 def split_dev(examples: list, spec) -> tuple[list, list]:
@@ -189,16 +187,16 @@ def split_dev(examples: list, spec) -> tuple[list, list]:
     fewer than asked), the dev set is carved out of it and the subsample shrinks by as many. The two never
     share an example."""
     train = subsample(examples, spec.train_samples, spec.seed)
-    if spec.selection != "dev":
+    _, n_dev = spec_mod.split_sizes(spec, len(examples))  # the counts, by the rule the app's estimates use
+    if n_dev == 0:
         return train, []
     chosen = set(_subsample_indices(len(examples), spec.train_samples, spec.seed))
     rest = [i for i in range(len(examples)) if i not in chosen]
-    want = dev_size(spec, len(examples))
     rng = random.Random(spec.seed * _DEV_SALT + 1)
-    if len(rest) >= want:
-        return train, [examples[i] for i in sorted(rng.sample(rest, want))]
-    # too few left over: take the rest, then carve the remainder out of the subsample (keep at least half)
-    need = min(want - len(rest), len(chosen) // 2)
+    if len(rest) >= n_dev:
+        return train, [examples[i] for i in sorted(rng.sample(rest, n_dev))]
+    # too few left over: take the rest, then carve the remainder out of the subsample (which keeps half)
+    need = n_dev - len(rest)
     carved = set(rng.sample(sorted(chosen), need)) if need > 0 else set()
     dev_idx = sorted(set(rest) | carved)
     return [examples[i] for i in sorted(chosen - carved)], [examples[i] for i in dev_idx]

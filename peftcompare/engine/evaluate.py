@@ -70,23 +70,39 @@ def parse_label(text: str, label_words: list[str]) -> str | None:
 GENERATE_TOKENS = 8  # the original experiment generated up to 8 tokens for a label
 
 
+def generated_labels(model, family, tokenizer, features: list[dict], label_words: list[str], batch_size: int,
+                     device: str = "cpu", dtype=None) -> tuple[list[str], list[str | None]]:
+    """(generated text, parsed label or None) per example: greedy generation of up to 8 tokens, read by
+    `parse_label`, as the original experiment read its answers."""
+    texts = summarize(model, family, tokenizer, features, batch_size, GENERATE_TOKENS, device, dtype)
+    return texts, [parse_label(t, label_words) for t in texts]
+
+
+def parsed_label_metrics(parsed: list[str | None], references: list[str], label_words: list[str]) -> dict:
+    """accuracy_generate / f1_generate / unparsed_generate of parsed answers. An unparsed answer is wrong and
+    never the positive class: F1 of the positive class counts it as a miss (macro F1 over the label words
+    where there are more than two)."""
+    n = max(len(parsed), 1)
+    positive = positive_label(label_words)
+    classes = [positive] if len(label_words) <= 2 else list(label_words)
+    f1s = []
+    for c in classes:
+        tp = sum(p == c and r == c for p, r in zip(parsed, references))
+        fp = sum(p == c and r != c for p, r in zip(parsed, references))
+        fn = sum(p != c and r == c for p, r in zip(parsed, references))
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return {"accuracy_generate": sum(p == r for p, r in zip(parsed, references)) / n,
+            "f1_generate": sum(f1s) / len(f1s),
+            "unparsed_generate": sum(p is None for p in parsed) / n}
+
+
 def generated_label_metrics(model, family, tokenizer, features: list[dict], references: list[str],
                             label_words: list[str], batch_size: int, device: str = "cpu", dtype=None) -> dict:
     """Classification scored the way the original experiment (and several published notebooks) scored it:
     greedy generation of up to 8 tokens, parsed by `parse_label`. Recorded beside the label-scoring metrics
     as accuracy_generate / f1_generate, so numbers line up with published ones."""
-
-    texts = summarize(model, family, tokenizer, features, batch_size, GENERATE_TOKENS, device, dtype)
-    parsed = [parse_label(t, label_words) for t in texts]
-    positive = positive_label(label_words)
-    # an unparsed answer is wrong, and never the positive class: F1 of the positive class counts it as a miss
-    n = max(len(parsed), 1)
-    tp = sum(p == positive and r == positive for p, r in zip(parsed, references))
-    fp = sum(p == positive and r != positive for p, r in zip(parsed, references))
-    fn = sum(p != positive and r == positive for p, r in zip(parsed, references))
-    return {"accuracy_generate": sum(p == r for p, r in zip(parsed, references)) / n,
-            "f1_generate": 2 * tp / (2 * tp + fp + fn) if tp else 0.0,
-            "unparsed_generate": sum(p is None for p in parsed) / n}
+    _, parsed = generated_labels(model, family, tokenizer, features, label_words, batch_size, device, dtype)
+    return parsed_label_metrics(parsed, references, label_words)
 
 
 def label_token_ids(tokenizer, label_words: list[str]) -> list[list[int]]:
@@ -100,9 +116,20 @@ def label_token_ids(tokenizer, label_words: list[str]) -> list[list[int]]:
 def classify(model, family, tokenizer, features: list[dict], label_words: list[str], batch_size: int,
              device: str = "cpu", dtype=None) -> tuple[list[str], list[float]]:
     """Best label and its probability (normalised over the labels) for each example, in input order."""
+    preds, probs, _ = classify_distributions(model, family, tokenizer, features, label_words, batch_size, device,
+                                             dtype)
+    return preds, probs
+
+
+@torch.no_grad()
+def classify_distributions(model, family, tokenizer, features: list[dict], label_words: list[str],
+                           batch_size: int, device: str = "cpu", dtype=None
+                           ) -> tuple[list[str], list[float], list[list[float]]]:
+    """`classify`, and every label's probability per example (what the disagreement finder ranks by)."""
     ids = label_token_ids(tokenizer, label_words)
     preds: list[str] = [""] * len(features)
     probs: list[float] = [0.0] * len(features)
+    dists: list[list[float]] = [[] for _ in features]
     lengths = [len(f["input_ids"]) for f in features]
     for idx in data_mod.sorted_batches(lengths, batch_size):
         batch = family.collate([{"input_ids": features[i]["input_ids"]} for i in idx], tokenizer)
@@ -111,10 +138,12 @@ def classify(model, family, tokenizer, features: list[dict], label_words: list[s
             scores = family.label_logprobs(model, batch, ids)
         p = torch.softmax(scores.float(), dim=-1)
         best = p.argmax(-1)
+        rows = p.tolist()
         for row, i in enumerate(idx):
             preds[i] = label_words[int(best[row])]
             probs[i] = float(p[row, best[row]])
-    return preds, probs
+            dists[i] = rows[row]
+    return preds, probs, dists
 
 
 @torch.no_grad()
@@ -132,33 +161,91 @@ def summarize(model, family, tokenizer, features: list[dict], batch_size: int, m
     return out
 
 
-def evaluate(model, family, tokenizer, spec, examples, features, label_words, device="cpu", dtype=None) -> dict:
-    """Metrics dict for the spec's task; also returns a few predictions for the record."""
+def mean_loss(model, family, tokenizer, features: list[dict], batch_size: int, device: str = "cpu",
+              dtype=None) -> dict:
+    """{"eval_loss": the mean cross-entropy per target token over `features` (with labels), "eval_samples"}:
+    one forward per batch, no generation (selection_metric=loss)."""
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    try:
+        with torch.no_grad():
+            for i in range(0, len(features), batch_size):
+                batch = {k: v.to(device) for k, v in family.collate(features[i:i + batch_size], tokenizer).items()}
+                n = int((batch["labels"] != -100).sum())
+                with autocast(device, dtype):
+                    loss = model(**batch).loss
+                total += float(loss) * n
+                tokens += n
+    finally:
+        model.train(was_training)
+    return {"eval_loss": total / max(1, tokens), "eval_samples": len(features)}
+
+
+def evaluate(model, family, tokenizer, spec, examples, features, label_words, device="cpu", dtype=None,
+             generate_protocol: bool = True) -> dict:
+    """Metrics dict for the spec's task; also returns a few predictions (`_predictions`) and every example's
+    answer and score (`_per_example`) for the record.
+
+    generate_protocol: classification is also scored the original experiment's way (greedy generation of up
+    to 8 tokens, parsed: accuracy_generate / f1_generate) where the model can generate; the training loop
+    turns it off for the per-epoch selection passes, which need only the primary metric."""
     was_training = model.training
     model.eval()
     try:
         refs = [e.target for e in examples]
         if get_task(spec.task).scores_labels:
-
-            preds, probs = classify(model, family, tokenizer, features, label_words,
-                                    spec.per_device_eval_batch_size, device, dtype)
+            preds, probs, dists = classify_distributions(model, family, tokenizer, features, label_words,
+                                                         spec.per_device_eval_batch_size, device, dtype)
             metrics = classification_metrics(preds, refs, positive_label(label_words))
             metrics["mean_probability"] = sum(probs) / max(len(probs), 1)
             per = {"prediction": preds, "probability": [round(x, 5) for x in probs],
+                   "distribution": [[round(x, 5) for x in d] for d in dists],
                    "correct": [int(p == r) for p, r in zip(preds, refs)]}
+            if generate_protocol and getattr(family, "generative", False):
+                extra, extra_per = _generated_protocol(model, family, tokenizer, spec, refs, features, label_words,
+                                                       device, dtype)
+                metrics.update(extra)
+                per.update(extra_per)
         else:
             preds = summarize(model, family, tokenizer, features, spec.per_device_eval_batch_size,
                               spec.max_target_length, device, dtype)
             each = rouge_each(preds, refs)
             metrics = {k: sum(e[k] for e in each) / max(len(each), 1) for k in ROUGE_KEYS}
             metrics["gen_len"] = sum(len(p.split()) for p in preds) / max(len(preds), 1)
-            per = {"prediction": preds, "rougeL": [round(e["rougeL"], 5) for e in each]}
+            per = {"prediction": preds, **{k: [round(e[k], 5) for e in each] for k in ROUGE_KEYS}}
         metrics["eval_samples"] = len(examples)
         metrics["_predictions"] = [{"input": e.text[:300], "reference": e.target, "prediction": p}
                                    for e, p in list(zip(examples, preds))[:8]]
-        # every example's answer and score, aligned with the evaluation set: paired tests and the disagreement
-        # finder read these instead of running the models again
-        metrics["_per_example"] = per
+        # every example's answer and score, aligned with the evaluation set and keyed by its content: paired
+        # tests and the disagreement finder read these instead of running the models again
+        metrics["_per_example"] = {"key": [data_mod.example_key(e) for e in examples], "reference": refs,
+                                   "input": [e.text[:300] for e in examples],  # enough to recognise it in a report
+                                   "label_words": list(label_words or []), **per}
         return metrics
+    finally:
+        model.train(was_training)
+
+
+def _generated_protocol(model, family, tokenizer, spec, refs, features, label_words, device, dtype):
+    texts, parsed = generated_labels(model, family, tokenizer, features, label_words,
+                                     spec.per_device_eval_batch_size, device, dtype)
+    return (parsed_label_metrics(parsed, refs, label_words),
+            {"generated": texts, "prediction_generate": parsed,
+             "correct_generate": [int(p == r) for p, r in zip(parsed, refs)]})
+
+
+def generated_protocol(model, family, tokenizer, spec, examples, features, label_words, device="cpu",
+                       dtype=None) -> tuple[dict, dict]:
+    """(metrics, per-example fields) of the original experiment's generate-and-parse scoring alone, for a
+    classification model that can generate; ({}, {}) otherwise. For a run whose label-scoring metrics were
+    taken during training (selection on validation), on its chosen state."""
+    if not get_task(spec.task).scores_labels or not getattr(family, "generative", False):
+        return {}, {}
+    was_training = model.training
+    model.eval()
+    try:
+        return _generated_protocol(model, family, tokenizer, spec, [e.target for e in examples], features,
+                                   label_words, device, dtype)
     finally:
         model.train(was_training)

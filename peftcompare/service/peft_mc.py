@@ -49,20 +49,32 @@ UNKNOWN = -1  # PEFT's tools read these counts as integers; peftcompare does not
 
 
 def _entry(run: dict, epoch: int, values: dict) -> dict:
+    """One evaluation. Per-epoch entries carry the selection split's score as PEFT's "valid accuracy" (the
+    dev split's with selection=dev); a validation score, as PEFT's final entry does, is "test accuracy"."""
     spec = run["spec"]
     primary = tasks.get_task(spec.task).metric
     steps_per_epoch = (run.get("total_steps") or 0) / max(1, spec.num_train_epochs)
-    return {"step": int(round(epoch * steps_per_epoch)), "epoch": epoch,
-            "test accuracy": values.get("accuracy", values.get(primary)),
-            "test metric": "accuracy" if "accuracy" in values else primary,
-            "train loss": values.get("train_loss"),
-            "train samples": epoch * spec.train_samples if spec.train_samples else UNKNOWN,
-            "train total tokens": UNKNOWN,
-            **{k: v for k, v in values.items() if not k.startswith("_") and k != "epoch"}}
+    step = values.get("step") if values.get("step") is not None else int(round(epoch * steps_per_epoch))
+    on_dev = values.get("eval_split") == "dev"
+    prefix = "dev_" if on_dev else ""
+    accuracy = values.get(f"{prefix}accuracy", values.get(f"{prefix}{primary}"))
+    seen = (run.get("budget") or {}).get("train_examples")  # after the dev split took its share
+    entry = {"step": int(step), "epoch": epoch,
+             "valid accuracy": accuracy, "valid split": "dev" if on_dev else "validation",
+             "test metric": "accuracy" if f"{prefix}accuracy" in values else primary,
+             "train loss": values.get("train_loss"),
+             "train samples": epoch * (seen or spec.train_samples) if (seen or spec.train_samples) else UNKNOWN,
+             "train total tokens": UNKNOWN,
+             **{k: v for k, v in values.items() if not k.startswith("_") and k != "epoch"}}
+    if not on_dev:
+        entry["test accuracy"] = accuracy
+    return entry
 
 
 def _selected_epoch(run: dict, final: dict) -> int:
-    """The epoch whose evaluation the record reports (the store keeps the metrics, not the epoch number)."""
+    """The epoch whose state the record reports: recorded since schema 4, else matched by its score."""
+    if run.get("best_epoch") is not None:
+        return int(run["best_epoch"])
     primary = tasks.get_task(run["spec"].task).metric
     epochs = run.get("epochs") or []
     hit = [int(e.get("epoch") or 0) for e in epochs if e.get(primary) == final.get(primary)]
@@ -76,8 +88,11 @@ def _metrics(run: dict) -> list[dict]:
     final = {k: v for k, v in (run.get("metrics") or {}).items() if not k.startswith("_")}
     if final:
         best = _selected_epoch(run, final)
-        loss = next((r["train loss"] for r in rows if r["epoch"] == best), None)
-        rows.append({**_entry(run, best, {**final, "train_loss": loss}), "selected": True})
+        chosen = next((r for r in rows if r["epoch"] == best), {})
+        last = _entry(run, best, {**final, "train_loss": chosen.get("train loss"), "step": chosen.get("step")})
+        tokens = (run.get("budget") or {}).get("tokens")
+        rows.append({**last, "train total tokens": tokens if tokens else UNKNOWN, "selected": True,
+                     "selected on": (run.get("selection") or {}).get("on", run["spec"].selection)})
     return rows
 
 
@@ -93,7 +108,10 @@ def to_peft_mc(run: dict) -> dict:
             "total_time": total if total is None else round(total, 3),
             "experiment_name": experiment_name(run),
             "peft_branch": "peftcompare",
-            "train_config": {"model_id": spec.model_name, **spec.to_dict()},
+            # the spec (selection protocol and budget included) and how the reported state was chosen
+            "train_config": {"model_id": spec.model_name, **spec.to_dict(), "selection": spec.selection,
+                             "selected": run.get("selection") or {"on": spec.selection},
+                             "budget_spent": run.get("budget")},
             "peft_config": _peft_config(run),
             "error_msg": run.get("error") or "",
         },
@@ -109,8 +127,12 @@ def to_peft_mc(run: dict) -> dict:
             "metrics": _metrics(run),
         },
         "meta_info": {
-            "model_info": {"sha": None, "created_at": None, "name": spec.model_name},
-            "dataset_info": {"train": {"sha": run.get("data_fingerprint"), "created_at": None,
+            # PEFT records the Hub's commit sha; peftcompare a hash of the weights themselves
+            "model_info": {"sha": run.get("model_fingerprint"), "created_at": None, "name": spec.model_name,
+                           "fingerprint": run.get("model_fingerprint")},
+            "dataset_info": {"sha": run.get("data_fingerprint"), "created_at": None, "name": spec.dataset,
+                             "source": run.get("data_source"),
+                             "train": {"sha": run.get("data_fingerprint"), "created_at": None,
                                        "name": spec.dataset, "source": run.get("data_source")}},
             "package_info": {
                 "transformers-version": versions.get("transformers"), "transformers-commit-hash": None,
