@@ -11,8 +11,7 @@ from peftcompare.webui import ui
 st.set_page_config(page_title="peftcompare", page_icon=":material/compare:", layout="wide")
 
 pages = [st.Page(path, title=title, icon=icon, default=path == "pages/home.py")
-         for path, (title, icon) in ui.PAGES.items()
-         if (ui.REPO / path).is_file()]  # an optional page (Presets) appears once its file exists
+         for path, (title, icon) in ui.PAGES.items()]
 nav = st.navigation(pages)
 
 store = ui.store()

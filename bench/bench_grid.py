@@ -110,12 +110,72 @@ def measure(model_name: str, method: str, capacity: int, task_key: str, steps: i
             "expected_new_tokens": expected_new if task != "classification" else None, "load_s": load_s}
 
 
+class _Quiet:
+    """A reporter that keeps nothing and says nothing."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+
+    def __getattr__(self, name):
+        return lambda *a, **k: None
+
+    def cancel_requested(self) -> bool:
+        return False
+
+
+def measure_packed(model_name: str, method: str, caps: tuple, task_key: str, steps: int, warmup: int,
+                   device: str) -> float:
+    """Seconds per training step of the method's whole capacity grid trained as one pack (engine/packing.py),
+    on the same synthetic batches as `measure`."""
+    from peftcompare.core import methods
+    from peftcompare.core.spec import RunSpec
+    from peftcompare.engine import models, packing, train
+
+    task, src_len, tgt_len, _ = TASKS[task_key]
+    loaded = models.load_model(model_name)
+    vocab = min(len(loaded.tokenizer), loaded.model.config.vocab_size)
+    n = (warmup + steps) * BATCH
+    sources = synthetic(n, src_len, vocab, 1)
+    targets = synthetic(n, tgt_len, vocab, 2) if task == "summarization" else \
+        [[random.Random(i).choice([230, 231]), 1] for i in range(n)]
+    feats = [{"input_ids": s, "labels": t} for s, t in zip(sources, targets)]
+    members = []
+    for k, cap in enumerate(caps):
+        spec = RunSpec(task=task, method=method, capacity=cap, model_name=model_name, selection="validation",
+                       per_device_train_batch_size=BATCH, per_device_eval_batch_size=BATCH, train_samples=n,
+                       eval_samples=8).resolved()
+        m = packing._Member(train.open_session(spec, _Quiet(f"grid-{k}"), loaded=loaded), f"run{k}")
+        m.s.train_feats = feats  # the synthetic batches, as `measure` times them
+        train.plan_steps(m.s)
+        members.append(m)
+    pack = packing._Pack(methods.get_method(method).pack, loaded, members)
+    pack.apply_methods()
+    for m in members:
+        train.ready(m.s)
+        m.model.train()
+        m.batches = m.progress.epoch_batches()
+        m.progress.begin_epoch()
+    for i in range(warmup + steps):
+        if i == warmup:
+            C.sync(device)
+            t0 = time.perf_counter()
+        pack._step(members, i % len(members[0].batches), last=False)
+    C.sync(device)
+    return (time.perf_counter() - t0) / steps
+
+
 def run_seconds(m: dict, task_key: str) -> dict:
     n_val = TASKS[task_key][3]
     steps = EPOCHS * -(-TRAIN_EXAMPLES // BATCH)
     evals = EPOCHS * -(-n_val // EVAL_BATCH)
     return {"train": steps * m["train_step_s"], "eval": evals * m["eval_batch_s"], "load": m["load_s"],
             "eval_upper": evals * m["eval_batch_upper_s"]}
+
+
+def _interp(measured: dict, method: str, task_key: str, probe: tuple, cap: int) -> float:
+    lo, hi = probe[0], probe[-1]
+    w = 0.0 if hi == lo else (cap - lo) / (hi - lo)
+    return (1 - w) * measured[(method, task_key, lo)]["train_step_s"] + w * measured[(method, task_key, hi)]["train_step_s"]
 
 
 def main(argv=None) -> dict:
@@ -127,6 +187,8 @@ def main(argv=None) -> dict:
     p.add_argument("--json", default=None)
     p.add_argument("--eval_batch", type=int, default=BATCH, help="evaluation batch (the spec's "
                    "per_device_eval_batch_size; 16 is the reference)")
+    p.add_argument("--pack", action="store_true", help="train each packable method's capacities together "
+                   "(sweep --pack 4): its grid's training time is the packed step's, evaluation stays per run")
     C.device_arg(p)
     a = p.parse_args(argv)
     global EVAL_BATCH
@@ -168,6 +230,18 @@ def main(argv=None) -> dict:
                 per_task[task_key] = per_task.get(task_key, 0.0) + run_total
                 rows.append([method, cap, task_key, f"{secs['train'] / 60:.1f}", f"{secs['eval'] / 60:.1f}",
                              f"{run_total / 60:.1f}"])
+            if a.pack and methods.get_method(method).pack:
+                # the grid's runs train as one pack: its training time replaces theirs
+                step = measure_packed(a.model_name, method, caps, task_key, a.steps, a.warmup, device)
+                steps_per_run = EPOCHS * -(-TRAIN_EXAMPLES // BATCH)
+                packed_train = steps_per_run * step
+                alone_train = sum(steps_per_run * _interp(measured, method, task_key, probe, c) for c in caps)
+                total += packed_train - alone_train
+                upper_total += packed_train - alone_train
+                per_task[task_key] += packed_train - alone_train
+                print(f"  {method} packed ({len(caps)} runs) {task_key}: {step:.3f} s/step, training "
+                      f"{alone_train / 60:.1f} -> {packed_train / 60:.1f} min", flush=True)
+                rows.append([f"{method} (pack)", "all", task_key, f"{packed_train / 60:.1f}", "", ""])
     print(C.fmt_table(rows, ["method", "capacity", "task", "train min", "eval min", "run min"]))
     hours = total / 3600
     target = 4.0 if device == "cpu" else 10 / 60
@@ -175,7 +249,7 @@ def main(argv=None) -> dict:
           f"(SST-2 {per_task['sst2'] / 3600:.2f} h, SAMSum {per_task['samsum'] / 3600:.2f} h; "
           f"target <= {'4 h' if device == 'cpu' else '10 min'}); upper bound with every SAMSum generation "
           f"running {MAX_NEW} tokens: {upper_total / 3600:.2f} h")
-    result = {"device": device, "hours": hours, "target_hours": target, "upper_bound_hours": upper_total / 3600,
+    result = {"device": device, "hours": hours, "packed": a.pack, "target_hours": target, "upper_bound_hours": upper_total / 3600,
               "per_task_hours": {k: v / 3600 for k, v in per_task.items()},
               "measured": {f"{k[0]}|{k[1]}|{k[2]}": v for k, v in measured.items()}}
     C.emit_json(result, a.json)

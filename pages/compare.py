@@ -194,7 +194,8 @@ def show_across(result: dict) -> None:
     t = tasks.get_task(task)
     st.caption(f"{n} of {result['n_available']} validation examples of {result['dataset']} · {result['model_name']}"
                f" · {result['device']} · {result['precision']} · "
-               + ("from the cache" if result.get("cached") else f"ran in {result['seconds']:.1f} s"))
+               + ("from the runs' stored evaluation answers (no model ran)" if result.get("source") == "stored" else
+                  "from the cache" if result.get("cached") else f"ran in {result['seconds']:.1f} s"))
     names = {"accuracy": "accuracy", "f1": "F1", "rougeL": "ROUGE-L"}
     st.dataframe([{"column": c["label"], "run": "" if c["name"] == dis.BASE_NAME else c["key"],
                    **{names[k]: c["scores"][k] for k in dis.score_names(task)}} for c in columns],

@@ -3,17 +3,19 @@ per method with the spread over seeds, reference rules, the Pareto front; loss c
 import pandas as pd
 import streamlit as st
 
-from peftcompare.service import analysis, curves, jobs
+from peftcompare.service import analysis, curves, jobs, report, significance, summary
 from peftcompare.core import methods, tasks
+from peftcompare.core.labels import method_label
 from peftcompare.webui import ui
 
 store = ui.store()
 X_OPTIONS = list(curves.X_FIELDS)
-SPREADS = {"std": "mean ± std over seeds", "minmax": "min – max over seeds"}
+SPREADS = {"ci": "mean, 95 % t-interval over seeds", "std": "mean ± std over seeds",
+           "minmax": "min – max over seeds"}
 ACTIVE = ("queued", "running")
 
 # -- session state, one block (widget values persist when the page is left: ui.persist) -----------------
-for _k, _v in {"cv_task": "classification", "cv_metric": None, "cv_x": "trainable_params", "cv_spread": "std",
+for _k, _v in {"cv_task": "classification", "cv_metric": None, "cv_x": "trainable_params", "cv_spread": "ci",
                "cv_model": None, "cv_dataset": None, "cv_loss_runs": None, "cv_loss_smooth": True,
                "cv_loss_log": True}.items():
     ui.persist(_k, _v)
@@ -58,11 +60,36 @@ if st.session_state["cv_flash"]:
     (st.success if kind == "ok" else st.error)(text)
     st.session_state["cv_flash"] = None
 
-agg = analysis.aggregate(sel, metric)
+# per method and capacity the learning rate chosen on dev (averaged over seeds) is the one drawn; runs at the
+# other rates of a search stay in the store, the loss overlay and the CSV of all runs
+shown_ids = {r["run_id"] for r in summary.selected_runs(sel_runs, task.name)}
+searched = sel[(sel["status"] == "completed") & ~sel["run_id"].isin(shown_ids)]
+agg = analysis.aggregate(sel[sel["run_id"].isin(shown_ids)], metric)
+rows = summary.summarize(sel_runs, task.name)
+paired = significance.adjacent(store, rows, sel_runs)
 curve_agg, refs = curves.split_references(agg)
 # every point is a point of the front, zero-shot (0 trainable parameters) and full fine-tuning included
-pareto = analysis.pareto_front(agg)
+pareto = analysis.pareto_front(agg, x=x if x in ("train_runtime", "train_flops", "stored_params") else "trainable_params")
 agg = agg.assign(pareto=pareto.reindex(agg.index).fillna(False).astype(bool))
+
+
+def vs_next(method: str, capacity) -> str:
+    """The paired test of this row against the next one down the ranking (primary metric, same examples)."""
+    row = next((r for r in rows if r["method"] == method and r["capacity"] == capacity), None)
+    if row is None:
+        return ""
+    ranked = sorted([r for r in rows if r["model_name"] == row["model_name"]], key=lambda r: -r["mean"])
+    i = next(i for i, r in enumerate(ranked) if r is row)
+    if i + 1 >= len(ranked):
+        return ""
+    test = paired.get(significance._row_key(row))
+    if test is None:
+        return "no stored answers"
+    sign = "≈" if not test["significant"] else ">"
+    return f"{sign} {ranked[i + 1]['label']} ({test['difference']:+.4f}, p={test['p_value']:.3f})"
+
+
+agg = agg.assign(vs_next=[vs_next(m, c) for m, c in zip(agg["method"], agg["capacity"])])
 title = f"{task.name} · {st.session_state['cv_dataset']} · {st.session_state['cv_model']}"
 chart = curves.efficiency_chart(agg, metric, x, st.session_state["cv_spread"], pareto, title=title)
 if len(curve_agg):
@@ -85,6 +112,33 @@ else:
     st.info("Only reference runs (zero-shot or full fine-tuning) so far: train an adapter to draw a curve.")
 if len(refs):
     st.caption(" · ".join(f"{methods.get_method(r.method).title}: {r.mean:.4f}" for r in refs.itertuples()))
+# -- how the numbers were chosen, and how sure they are ---------------------------------------------------------
+st.caption(f"Each point: the validation {tasks.metric_title(metric)} averaged over seeds, at the learning rate "
+           "with the best dev score (averaged over seeds) for its method and capacity. Bars: "
+           + SPREADS[st.session_state["cv_spread"]]
+           + (" (two-sided Student t-interval, n − 1 degrees of freedom; none from one seed)."
+              if st.session_state["cv_spread"] == "ci" else "."))
+few = agg[(agg["n"] < summary.MIN_SEEDS) & agg["method"].map(methods.trains)]  # zero-shot has no seed to vary
+if len(few):
+    st.warning("Fewer than 3 seeds, so the interval is wide or missing: "
+               + ", ".join(f"{method_label(m, c)} (n={n})" for m, c, n in
+                           zip(few["method"], few["capacity"], few["n"])) + ".", icon=":material/warning:")
+on_validation = agg[agg["selected_on"].fillna("").str.contains("validation")]
+if len(on_validation):
+    st.warning("Best epoch chosen on the validation split itself (selection=validation, the original "
+               "experiment's protocol: optimistic): "
+               + ", ".join(method_label(m, c) for m, c in zip(on_validation["method"],
+                                                                       on_validation["capacity"]))
+               + ".", icon=":material/warning:")
+ties = [v for v in agg["vs_next"] if v.startswith("≈")]
+if ties:
+    st.caption("Not significantly different from the next row down (paired bootstrap on the same validation "
+               f"examples, p ≥ 0.05, {tasks.metric_title(task.metric)}): "
+               + "; ".join(f"{method_label(m, c)} {v}" for m, c, v in
+                           zip(agg["method"], agg["capacity"], agg["vs_next"]) if v.startswith("≈")))
+if len(searched):
+    st.caption(f"{len(searched)} completed run(s) at a learning rate that was not selected are left out of the "
+               "curve and the table (the rates tried are in the table's tooltip and the report).")
 
 # -- the zero-shot baseline: one click where the runs have none ----------------------------------------------
 zs_spec = curves.missing_zero_shot(sel_runs)
@@ -169,8 +223,10 @@ st.subheader("Table")
 table = agg.assign(method=agg["method"].map(lambda m: methods.get_method(m).title),
                    capacity=agg["capacity"].where(agg["method"].map(
                        lambda m: methods.get_method(m).capacity_name is not None)).astype("Int64"))
-st.dataframe(table[["method", "capacity", "trainable_params", "mean", "std", "min", "max", "n", "pareto",
-                    "run_ids"]], hide_index=True, width="stretch", key="cv_table", placeholder="—",
+# std, min and max stay in the aggregated CSV: the interval says more, and the runs stay in view
+st.dataframe(table[["method", "capacity", "trainable_params", "mean", "ci_low", "ci_high", "n", "pareto", "run_ids",
+                    "learning_rate", "selected_on", "vs_next"]],
+             hide_index=True, width="stretch", key="cv_table", placeholder="—",
              column_config={"method": st.column_config.TextColumn("Method"),
                             "capacity": st.column_config.NumberColumn("Capacity", format="%d"),
                             "trainable_params": st.column_config.NumberColumn("Trainable params",
@@ -180,7 +236,21 @@ st.dataframe(table[["method", "capacity", "trainable_params", "mean", "std", "mi
                             "std": st.column_config.NumberColumn("Std", format="%.4f"),
                             "min": st.column_config.NumberColumn("Min", format="%.4f"),
                             "max": st.column_config.NumberColumn("Max", format="%.4f"),
-                            "n": st.column_config.NumberColumn("Seeds"),
+                            "n": st.column_config.NumberColumn("Seeds", help="Fewer than 3: a wide interval, "
+                                                               "or none from one seed"),
+                            "ci_low": st.column_config.NumberColumn("95 % CI low", format="%.4f",
+                                                                    help="Student t-interval over seeds"),
+                            "ci_high": st.column_config.NumberColumn("95 % CI high", format="%.4f",
+                                                                     help="Student t-interval over seeds"),
+                            "learning_rate": st.column_config.TextColumn(
+                                "Learning rate", help="The rate selected for this method and capacity: the best "
+                                "dev score averaged over seeds"),
+                            "selected_on": st.column_config.TextColumn(
+                                "Selected on", help="dev: a split of the training data; validation: the original "
+                                "experiment's protocol (optimistic)"),
+                            "vs_next": st.column_config.TextColumn(
+                                "vs next row", help="Paired bootstrap test against the next row down the "
+                                "ranking, on the same validation examples (primary metric); ≈: not significant"),
                             "pareto": st.column_config.CheckboxColumn("Pareto front"),
                             "run_ids": st.column_config.TextColumn("Runs")})
 stem = f"curve_{task.name}_{metric}_{x}"
@@ -194,3 +264,10 @@ if len(curve_agg):
                        key="cv_dl_png", icon=":material/image:", on_click="ignore")
     c4.download_button("SVG", data=lambda: curves.to_svg(chart), file_name=f"{stem}.svg", mime="image/svg+xml",
                        key="cv_dl_svg", icon=":material/image:", on_click="ignore")
+# the whole experiment in one file a reviewer opens offline: protocol, curves with bands, table, tests, examples
+st.download_button("Experiment report (HTML)", data=lambda: report.build_for_store(store, task.name),
+                   file_name=f"report_{task.name}.html", mime="text/html", key="cv_dl_report",
+                   icon=":material/description:", on_click="ignore",
+                   help="One self-contained HTML file of every completed run of this task: protocol, curves with "
+                        "95 % intervals, the table with paired tests, deltas against zero-shot and full "
+                        "fine-tuning, a few examples side by side, and the library versions.")

@@ -49,7 +49,6 @@ blurbs = {"pages/train.py": "Configure a run or a sweep, enqueue it, watch the q
           "pages/compare.py": "One text through zero-shot and your adapters, side by side.",
           "pages/curves.py": "Metric against capacity or trainable parameters, per method.",
           "pages/presets.py": "The reference experiments, one click each."}
-blurbs = {p: b for p, b in blurbs.items() if (ui.REPO / p).is_file()}
 cols = st.columns(len(blurbs))
 for col, (path, blurb) in zip(cols, blurbs.items()):
     title, icon = ui.PAGES[path]

@@ -9,7 +9,7 @@ from peftcompare.service import curves, jobs, policy as public
 from peftcompare.core import methods, tasks
 from peftcompare.service import runs
 from peftcompare.webui import ui
-from peftcompare.core.spec import OFFLINE_RECIPE, PRECISIONS, RunSpec, field_help, spec_fields
+from peftcompare.core.spec import BUDGETS, OFFLINE_RECIPE, PRECISIONS, SELECTIONS, RunSpec, field_help, spec_fields
 from peftcompare.service.store import ACTIVE
 
 store = ui.store()
@@ -18,7 +18,7 @@ owner = ui.visitor_id()
 HUB_DATASET = "__hub__"
 MODEL_CHOICES = ["builtin:tiny-t5", "google/flan-t5-small", "google/flan-t5-base", "google/flan-t5-large",
                  "builtin:random-flan-t5-small", "builtin:random-flan-t5-base"]
-TRAINABLE = methods.trainable_methods()
+TRAINABLE = ui.method_choices(trainable=True)  # grouped by family
 
 # -- session state, one block ---------------------------------------------------------------------------
 _defaults = {f"tr_{f.name}": f.default for f in spec_fields()}
@@ -30,7 +30,8 @@ if public.is_public():  # start inside the instance's limits, so the first click
                       "tr_num_train_epochs": min(_defaults["tr_num_train_epochs"], public.LIMITS.max_epochs)})
 _defaults.update({
     "tr_model_name": ui.default_model(online), "tr_mode": "Single run", "tr_sweep_methods": ["lora", "prompt"],
-    "tr_sweep_seeds": "42", "tr_sweep_zero_shot": True, "tr_dataset_hub": "",
+    "tr_sweep_seeds": "42", "tr_sweep_zero_shot": True, "tr_sweep_lrs": "", "tr_sweep_pack": False,
+    "tr_dataset_hub": "",
     "tr_train_path": "", "tr_validation_path": "", "tr_uploads": {}, "tr_flash": None, "tr_queue_live": False,
     "tr_queue_msg": None,
 })
@@ -84,21 +85,25 @@ c3.selectbox("Model", list(dict.fromkeys([*MODEL_CHOICES, st.session_state["tr_m
 
 st.radio("What to run", ["Single run", "Sweep grid"], key="tr_mode", horizontal=True,
          help="A sweep runs every method x capacity x seed combination, one after another.")
+with st.expander(f"The {len(TRAINABLE)} methods, by family"):
+    st.markdown(ui.method_families_markdown())
 sweep = st.session_state["tr_mode"] == "Sweep grid"
 c1, c2, c3 = st.columns(3)
 if not sweep:
-    c1.selectbox("Method", list(methods.METHODS), key="tr_method", help=H("method"),
-                 format_func=lambda m: methods.get_method(m).title)
+    c1.selectbox("Method", ui.method_choices(), key="tr_method", help=H("method"),
+                 format_func=ui.method_choice_label)
     m = methods.get_method(st.session_state["tr_method"])
     # no min_value: a number input clamps what is typed below its minimum back without a word (capacity 0
     # kept the old value); the spec check below says what is wrong instead
     c2.number_input(f"Capacity ({m.capacity_name or 'none for this method'})", step=1,
                     key="tr_capacity", help=H("capacity"), disabled=m.capacity_name is None)
     c3.number_input("Seed", step=1, key="tr_seed", help=H("seed"))
-    st.caption(f"**{m.title}**: {m.help} {m.note}")
+    st.caption(f"**{m.title}**: {m.help} {m.note}" + (f" *{m.method_family}*: "
+               f"{methods.METHOD_FAMILIES[m.method_family]}" if m.method_family else "")
+               + (f" Paper: {m.paper}." if m.paper else ""))
 else:
     c1.multiselect("Methods", TRAINABLE, key="tr_sweep_methods", help=H("method"),
-                   format_func=lambda m: methods.get_method(m).title)
+                   format_func=ui.method_choice_label)
     c2.text_input("Seeds", key="tr_sweep_seeds", help=H("seed") + " Comma-separated.")
     c3.checkbox("Include a zero-shot baseline", key="tr_sweep_zero_shot",
                 help="The untouched model on the same evaluation set: the horizontal line on the curves.")
@@ -117,6 +122,23 @@ else:
                if not methods.get_method(n).capacity_name]
     if no_knob:
         st.caption(f"{', '.join(no_knob)}: no capacity knob, one run per seed.")
+    # a learning-rate search: every (method, capacity, seed) at each rate; the curves keep the best rate on dev
+    _rate_base = RunSpec(model_name=str(st.session_state["tr_model_name"] or "builtin:tiny-t5").strip() or
+                         "builtin:tiny-t5", task=st.session_state["tr_task"])
+    _own = ", ".join(f"{methods.get_method(n).title} {runs.default_learning_rate(n, _rate_base):g}"
+                     for n in st.session_state["tr_sweep_methods"])
+    st.text_input("Learning rates", key="tr_sweep_lrs", placeholder="each method's own rate, e.g. 1e-4, 5e-4, 1e-3",
+                  help="Comma-separated learning rates to search: every method, capacity and seed trains at each "
+                       "one, and the curves show, per method and capacity, the rate with the best dev score "
+                       "averaged over seeds. Empty: each method at its own default rate.")
+    if _own:
+        st.caption(f"Empty learning rates: each method at its own default ({_own}); the Learning rate under "
+                   "Training applies to single runs.")
+    st.toggle("Train together", key="tr_sweep_pack",
+              help=f"Up to {ui.PACK_SIZE} runs of the grid share one pass over the frozen model: their batches "
+                   "are stacked, each run's adapter applied to its own rows. Faster on a CPU; each run keeps its "
+                   "own data order, initialisation, optimizer and result. LoRA, rsLoRA and prompt tuning pack; "
+                   "the other methods train one at a time and their record says why.")
 
 c1, c2, c3 = st.columns(3)
 c1.number_input("Training examples (0 = all)", step=50, key="tr_train_samples", help=H("train_samples"))
@@ -153,6 +175,16 @@ with st.expander("Training: learning rate, batch, precision, lengths"):
                     help=H("max_source_length"))
     c2.number_input("Max target tokens (0 = task default)", step=8, key="tr_max_target_length",
                     help=H("max_target_length"))
+    # the comparison protocol: where the best epoch is chosen, and what every method gets the same of
+    c1, c2, c3, c4 = st.columns(4)
+    c1.selectbox("Best epoch chosen on", list(SELECTIONS), key="tr_selection", help=H("selection"),
+                 format_func={"dev": "dev split (from training data)",
+                              "validation": "validation (original protocol)"}.get)
+    c2.number_input("Dev examples (0 = 10 %, at least 100)", step=50, key="tr_dev_samples", help=H("dev_samples"),
+                    disabled=st.session_state["tr_selection"] != "dev")
+    c3.selectbox("Budget", list(BUDGETS), key="tr_budget", help=H("budget"))
+    c4.number_input("Budget amount", step=100.0, format="%g", key="tr_budget_value", help=H("budget_value"),
+                    disabled=st.session_state["tr_budget"] == "epochs")
 
 with st.expander("Method options: LoRA alpha, dropout, target modules"):
     c1, c2, c3 = st.columns(3)
@@ -182,8 +214,9 @@ def form_specs() -> tuple[RunSpec, list[RunSpec]]:
     caps = {n: ui.parse_int_list(st.session_state.get(f"tr_sweep_caps_{n}", ""),
                                  f"capacities for {methods.get_method(n).title}")
             for n in chosen if methods.get_method(n).capacity_name}
+    rates = ui.parse_float_list(st.session_state["tr_sweep_lrs"], "learning rates")
     grid = ui.grid_specs(base, chosen, caps, ui.parse_int_list(st.session_state["tr_sweep_seeds"], "seeds"),
-                         bool(st.session_state["tr_sweep_zero_shot"]))
+                         bool(st.session_state["tr_sweep_zero_shot"]), rates or None, method_rates=True)
     return base, grid
 
 
@@ -400,7 +433,9 @@ with enqueue_slot.container():
         try:
             with st.spinner("Checking the model and the data ..."):
                 ui.import_stack()
-                out = jobs.submit(store, specs, owner=owner)  # limits, duplicates, quota, preflight: once
+                # limits, duplicates, quota, preflight: once; packs of runs that train together when asked
+                pack = ui.PACK_SIZE if sweep and st.session_state["tr_sweep_pack"] else 1
+                out = jobs.submit(store, specs, owner=owner, pack=pack)
         except ValueError as exc:
             st.error(ui.user_message(exc), icon=":material/error:")
         else:

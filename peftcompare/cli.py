@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from peftcompare.core import methods, tasks
+from peftcompare.core import methods, packs, tasks
 from peftcompare.core.spec import RunSpec, spec_fields, with_offline_recipe
 from peftcompare.service import (
     analysis,
@@ -21,14 +21,18 @@ from peftcompare.service import (
     execution,
     integrity,
     jobs,
+    peft_mc,
     plotting,
     presets,
+    report,
     runs,
+    significance,
+    summary,
     system,
 )
 from peftcompare.service.presets import PRESETS
 from peftcompare.service.runs import preflight, preflight_all
-from peftcompare.service.store import Store
+from peftcompare.service.store import PACK_ALONE, Store
 
 EXIT_USAGE = 2
 
@@ -88,21 +92,31 @@ def _store(args):
 # -- commands -------------------------------------------------------------------------------------------
 def cmd_train(args) -> int:
     store = _store(args)
-    if args.run_id:  # started by the queue worker: the record exists already
-        run = store.get(args.run_id)
-        if run is None:
-            raise UserError(f"run_id: no run {args.run_id}")
-        if run["status"] == "queued":
-            store.transition(args.run_id, "running", ("queued",), pid=os.getpid())
-        elif run["status"] != "running":
-            raise UserError(f"run_id: run {args.run_id} is {run['status']}, not queued")
-        store.update(args.run_id, pid=os.getpid())
-        spec = run["spec"]
-        run_id = args.run_id
-    else:
-        spec = preflight(_spec_from_args(args, **({"method": methods.BASELINE} if args.command == "zero-shot" else {})))
-        run_id = _create_running(store, spec)
+    if args.run_id:  # started by the queue worker: the records exist already (several: a pack)
+        claimed = [_claimed(store, run_id) for run_id in args.run_id]
+        specs, run_ids = [r["spec"] for r in claimed], [r["run_id"] for r in claimed]
+        if len(claimed) > 1:
+            codes = execution.execute_pack(specs, store, run_ids, progress=_progress_bar(f"pack of {len(specs)}"))
+            return max(codes)
+        alone = packs.why_alone(specs[0]) if claimed[0].get("pack_id") == PACK_ALONE else ""
+        return execution.execute(specs[0], store, run_ids[0], progress=_progress_bar(specs[0].label()),
+                                 alone=alone)
+    spec = preflight(_spec_from_args(args, **({"method": methods.BASELINE} if args.command == "zero-shot" else {})))
+    run_id = _create_running(store, spec)
     return execution.execute(spec, store, run_id, progress=_progress_bar(spec.label()))
+
+
+def _claimed(store, run_id: str) -> dict:
+    """A run the worker claimed for this process (queued or running), now owned by this process."""
+    run = store.get(run_id)
+    if run is None:
+        raise UserError(f"run_id: no run {run_id}")
+    if run["status"] == "queued":
+        store.transition(run_id, "running", ("queued",), pid=os.getpid())
+    elif run["status"] != "running":
+        raise UserError(f"run_id: run {run_id} is {run['status']}, not queued")
+    store.update(run_id, pid=os.getpid())
+    return store.get(run_id)
 
 
 def _create_running(store, spec) -> str:
@@ -171,37 +185,68 @@ def cmd_sweep(args) -> int:
     base = _spec_from_args(args, method="lora")
     for name in args.methods:
         methods.get_method(name)
+    if not 1 <= args.pack <= 16:
+        raise UserError(f"pack: train between 1 and 16 runs together, got {args.pack}")
+    if args.learning_rates and args.learning_rate is not None:
+        raise UserError("learning_rates: give --learning_rate (one rate for every method) or --learning_rates "
+                        "(a search), not both")
+    for lr in args.learning_rates or []:
+        if not lr > 0:
+            raise UserError(f"learning_rates: each must be > 0, got {lr:g}")
+    # without a rate on the command line each method trains at its own (its registration's, or the recipe's)
     specs = runs.sweep_specs(base, args.methods, args.seeds,
                              knobs={methods.KNOB_RANK: args.lora_ranks, methods.KNOB_TOKENS: args.virtual_tokens},
-                             zero_shot=not args.no_zero_shot)
+                             zero_shot=not args.no_zero_shot, learning_rates=args.learning_rates,
+                             method_rates=args.learning_rate is None)
     preflight_all(specs)
     store = _store(args)
     todo = runs.pending(store, specs)
     print(f"sweep: {len(specs)} runs in the grid, {len(specs) - len(todo)} already stored, {len(todo)} to run")
     if args.enqueue:
-        queued = jobs.submit(store, todo).run_ids
+        queued = jobs.submit(store, todo, pack=args.pack).run_ids
         if queued:
             jobs.ensure_worker(store)
-            print(f"enqueued {len(queued)} runs; the worker processes them one at a time")
+            how = f"in packs of up to {args.pack}" if args.pack > 1 else "one at a time"
+            print(f"enqueued {len(queued)} runs; the worker processes them {how}")
         return 0
-    failures = 0
-    for i, spec in enumerate(todo, 1):
-        print(f"[{i}/{len(todo)}] {spec.task} {spec.label()}", flush=True)
-        run_id = _create_running(store, spec.resolved())
-        failures += execution.execute(spec, store, run_id, progress=_progress_bar(f"[{i}/{len(todo)}]")) != 0
+    return _run_all(store, todo, args.pack)
+
+
+def _run_all(store, todo: list, pack: int = 1) -> int:
+    """Run specs here, one at a time or (pack > 1) in packs that train together; exit 1 if any failed."""
+    failures, done = 0, 0
+    for group in packs.plan_packs(todo, pack):
+        where = f"[{done + 1}/{len(todo)}]" if len(group) == 1 else f"[{done + 1}-{done + len(group)}/{len(todo)}]"
+        for spec in group:
+            print(f"{where} {spec.task} {spec.label()}", flush=True)
+        run_ids = [_create_running(store, spec.resolved()) for spec in group]
+        if len(group) > 1:
+            codes = execution.execute_pack(group, store, run_ids, progress=_progress_bar(where))
+        else:
+            alone = packs.why_alone(group[0]) if pack > 1 else ""
+            codes = [execution.execute(group[0], store, run_ids[0], progress=_progress_bar(where), alone=alone)]
+        failures += sum(c != 0 for c in codes)
+        done += len(group)
     return 1 if failures else 0
 
 
 def cmd_results(args) -> int:
 
+    if args.format == "peft-mc":
+        return _results_peft_mc(args)
+    if args.out:
+        raise UserError("out: only --format peft-mc writes files (the other formats print)")
+    if args.summary:
+        return _results_summary(args)
     df = analysis.load_df(_store(args), task=args.task)
     if args.format == "csv":
         df.to_csv(sys.stdout, index=False)
     elif args.format == "json":
         print(df.to_json(orient="records", indent=1))
     else:
-        cols = ["run_id", "task", "method", "capacity", "seed", "status", "trainable_params", "accuracy", "f1",
-                "rougeL", "train_runtime", "train_samples_per_second", "peak_memory_mb", "adapter_bytes"]
+        cols = ["run_id", "task", "method", "capacity", "seed", "status", "trainable_params", "learning_rate",
+                "selected_on", "accuracy", "f1", "rougeL", "train_runtime", "train_samples_per_second",
+                "peak_memory_mb", "adapter_bytes"]
         if df.empty:
             print("no runs yet: python -m peftcompare train --model_name builtin:tiny-t5 ...")
         else:
@@ -220,16 +265,81 @@ def cmd_results(args) -> int:
     return 0
 
 
+def _results_peft_mc(args) -> int:
+    if args.summary:
+        raise UserError("summary: --format peft-mc writes one file per run, not a summary")
+    if not args.out:
+        raise UserError("out: --format peft-mc needs --out DIR (one JSON file per run is written there)")
+    out = Path(args.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"out: {args.out} is a file, not a folder")
+    written = peft_mc.write(_store(args).list_runs(task=args.task), out)
+    print(f"wrote {len(written)} result files in PEFT method_comparison's layout to {out}")
+    return 0
+
+
+def _results_summary(args) -> int:
+    rows = summary.summarize(_store(args).list_runs(status=("completed",), task=args.task), args.task)
+    df = summary.to_frame(rows)
+    if args.format == "csv":
+        df.to_csv(sys.stdout, index=False)
+    elif args.format == "json":
+        print(json.dumps(rows, indent=1, default=str))
+    elif df.empty:
+        print("no completed runs yet")
+    else:
+        import pandas as pd
+
+        def num(v, digits=4):
+            return "—" if v is None or v != v else f"{v:.{digits}f}"
+
+        shown = pd.DataFrame({
+            "task": df["task"], "method": df["label"], "model": df["model_name"], "seeds": df["n_seeds"],
+            "mean": [num(v) for v in df["mean"]],
+            "95% CI": [f"[{num(lo)}, {num(hi)}]" if lo == lo and lo is not None else "—"
+                       for lo, hi in zip(df["ci_low"], df["ci_high"])],
+            "lr": ["—" if v is None or v != v else f"{v:g}" for v in df["learning_rate"]],
+            "selected_on": df["selected_on"], "budget": df["budget"], "warning": df["warning"]})
+        with pd.option_context("display.max_rows", 500, "display.width", 220, "display.max_columns", 30):
+            print(shown.to_string(index=False))
+        print("mean over seeds of the validation metric, with a two-sided 95 % Student t-interval (n - 1 degrees "
+              "of freedom); per method and capacity the learning rate with the best mean selection score")
+    return 0
+
+
+def cmd_significance(args) -> int:
+    if args.resamples < 100:
+        raise UserError("resamples: at least 100")
+    result = significance.test(_store(args), args.a, args.b, task=args.task, metric=args.metric,
+                               resamples=args.resamples)
+    print(json.dumps(result, indent=1) if args.json else significance.describe(result))
+    return 0
+
+
+def cmd_report(args) -> int:
+    tasks.get_task(args.task)
+    out = Path(args.out).expanduser()
+    if not out.parent.is_dir():
+        raise UserError(f"out: the folder of {args.out} does not exist")
+    html_text = report.build_for_store(_store(args), args.task)
+    out.write_text(html_text, encoding="utf-8")
+    print(out)
+    return 0
+
+
 def cmd_plot(args) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    df = analysis.load_df(_store(args))
+    store = _store(args)
+    df = analysis.load_df(store)
     df.to_csv(out / "results.csv", index=False)
     written = [out / "results.csv"]
+    # the curves draw, per method and capacity, the learning rate selected on dev (results.csv keeps every run)
+    shown = {r["run_id"] for r in summary.selected_runs(store.list_runs(status=("completed",)))}
     for task in tasks.task_names():
         path = out / f"curve_{task}.png"
-        plotting.curve_png(df, task, tasks.get_task(task).metric, path, x=args.x)
+        plotting.curve_png(df[df["run_id"].isin(shown)], task, tasks.get_task(task).metric, path, x=args.x)
         written.append(path)
     for p in written:
         print(p)
@@ -258,7 +368,7 @@ def cmd_disagreements(args) -> int:
     bar = _answers_bar() if sys.stderr.isatty() else None
     try:
         result = disagreements.find(engine, args.run_ids, args.n, task=args.task, model_name=args.model_name,
-                                    progress=bar, use_cache=not args.no_cache)
+                                    progress=bar, use_cache=not args.no_cache, stored=not args.no_cache)
     finally:
         if bar is not None:
             bar.close()
@@ -346,6 +456,31 @@ def cmd_check(args) -> int:
     return 1 if problems else 0
 
 
+def cmd_methods(args) -> int:
+    listing = methods.catalog()
+    if args.json:
+        print(json.dumps(listing))
+        return 0
+    short = {"seq2seq": "s2s", "causal": "causal", "encoder": "enc"}
+    for family, rows in _by(listing["methods"], "family").items():
+        print(f"{family}: {methods.METHOD_FAMILIES[family]}")
+        for r in rows:
+            works = " ".join(short[f] if ok else "-" * len(short[f]) for f, ok in r["works_on"].items())
+            knob = f"{r['knob']}: {', '.join(map(str, r['capacities']))}" if r["knob"] else "no capacity knob"
+            print(f"  {r['name']:<17} {r['title']:<26} {works:<15} {knob}")
+    print("not available (cannot train an encoder-decoder):")
+    for r in listing["refused"]:
+        print(f"  {r['name']:<17} {r['reason']}")
+    return 0
+
+
+def _by(rows: list[dict], key: str) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        out.setdefault(r[key], []).append(r)
+    return out
+
+
 def cmd_versions(args) -> int:
     for name, version in system.versions().items():
         print(f"{name} {version}")
@@ -398,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = cmd("train", cmd_train, "Train one adapter and store it with its result.")
     _add_spec_args(t)
     t.add_argument("--spec", help="A spec JSON file (flags override its fields).")
-    t.add_argument("--run_id", help=argparse.SUPPRESS)
+    t.add_argument("--run_id", action="append", help=argparse.SUPPRESS)
     z = cmd("zero-shot", cmd_train, "Evaluate the untouched model and store it as a baseline run.")
     _add_spec_args(z, skip=("method", "capacity"))
     z.set_defaults(run_id=None, spec=None)
@@ -416,13 +551,39 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lora_ranks", nargs="+", type=int, default=[4, 8, 16, 32])
     s.add_argument("--virtual_tokens", nargs="+", type=int, default=[10, 20, 50, 100])
     s.add_argument("--seeds", nargs="+", type=int, default=[42])
+    s.add_argument("--learning_rates", nargs="+", type=float, default=None, metavar="LR",
+                   help="A learning-rate search: every method x capacity x seed trains at each rate; per method and "
+                   "capacity the rate with the best dev score averaged over seeds is the one results --summary, "
+                   "the curves and the report show. Without it (and without --learning_rate) each method trains "
+                   "at its own default rate.")
     s.add_argument("--no_zero_shot", action="store_true", help="Do not add the zero-shot baseline run.")
     s.add_argument("--enqueue", action="store_true", help="Queue the runs for the worker instead of running "
                    "them here.")
+    s.add_argument("--pack", type=_typed(int, "pack"), default=1, metavar="K",
+                   help="Train up to K runs together in one pass over the shared frozen model (LoRA, rsLoRA and "
+                   "prompt tuning with the same data, model and budget; the others train alone, and their "
+                   "record says why). Default 1: one at a time.")
     s.set_defaults(spec=None)
-    r = cmd("results", cmd_results, "One row per run.")
-    r.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    r = cmd("results", cmd_results, "One row per run; --summary: one row per (task, method, capacity).")
+    r.add_argument("--format", choices=["table", "csv", "json", "peft-mc"], default="table",
+                   help="peft-mc: one JSON file per run in PEFT method_comparison's layout, written to --out.")
     r.add_argument("--task", default=None)
+    r.add_argument("--summary", action="store_true", help="One row per (task, method, capacity): seeds, mean, "
+                   "95 %% t-interval over seeds, the learning rate selected and where it was selected.")
+    r.add_argument("--out", default=None, help="The folder --format peft-mc writes to.")
+    sg = cmd("significance", cmd_significance, "A paired bootstrap test of A against B on the same validation "
+             "examples, from the answers every run stored (no model runs).")
+    sg.add_argument("a", metavar="A", help="A run id, or a group: method or method:capacity (all seeds of it).")
+    sg.add_argument("b", metavar="B", help="The same for the other side.")
+    sg.add_argument("--task", default=None, help="The task of the groups (needed when a method has runs of "
+                    "several tasks).")
+    sg.add_argument("--metric", default=None, help="The metric (default: the task's primary one).")
+    sg.add_argument("--resamples", type=int, default=significance.RESAMPLES, help="Bootstrap resamples "
+                    "(default: %(default)s).")
+    sg.add_argument("--json", action="store_true")
+    rp = cmd("report", cmd_report, "One self-contained HTML experiment report of a task (opens offline).")
+    rp.add_argument("--task", required=True, choices=list(tasks.TASKS))
+    rp.add_argument("--out", default="report.html", help="The HTML file to write (default: report.html).")
     pl = cmd("plot", cmd_plot, "results.csv and one capacity-vs-score curve per task.")
     pl.add_argument("--out", default="plots")
     pl.add_argument("--x", choices=["capacity", "trainable_params"], default="capacity")
@@ -443,7 +604,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Inference precision (default: auto, as the app).")
     dg.add_argument("--top", type=int, default=10, help="Disagreements to print (default: 10).")
     dg.add_argument("--csv", default=None, help="Also write one row per example to this CSV file.")
-    dg.add_argument("--no_cache", action="store_true", help="Run the models even when a cached result exists.")
+    dg.add_argument("--no_cache", action="store_true", help="Run the models even when a cached result or the "
+                    "runs' stored evaluation answers exist (by default, when every column stored its answers to "
+                    "these examples, no model runs).")
     dg.add_argument("--json", action="store_true", help="Print the whole result as JSON.")
     w = cmd("worker", cmd_worker, "Process the run queue (the app starts this by itself).")
     w.add_argument("--idle_exit", type=float, default=30.0, help="Exit after this many idle seconds.")
@@ -473,6 +636,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "directories (adapters without a record are only reported).")
     ck.add_argument("--json", action="store_true")
     cmd("versions", cmd_versions, "Python, platform and library versions (what every run record keeps).")
+    me = cmd("methods", cmd_methods, "Every method by family: its capacity knob and grid, the model families it "
+             "trains (seq2seq, causal, encoder), and the PEFT types that are not available.")
+    me.add_argument("--json", action="store_true")
     return p
 
 

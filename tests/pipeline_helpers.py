@@ -16,7 +16,8 @@ SAMPLES = ROOT / "peftcompare" / "samples"
 
 def tiny_spec(**overrides) -> RunSpec:
     base = dict(model_name="builtin:tiny-t5", train_samples=32, eval_samples=8, num_train_epochs=1,
-                per_device_train_batch_size=8, per_device_eval_batch_size=8, learning_rate=5e-3)
+                per_device_train_batch_size=8, per_device_eval_batch_size=8, learning_rate=5e-3,
+                dev_samples=16)  # a dev split of 16: selection works as in a real run, scored in a blink
     if overrides.get("task") == "summarization":
         base.update(max_source_length=128, max_target_length=16, train_samples=16, eval_samples=4)
     base.update(overrides)

@@ -79,7 +79,11 @@ def test_eta_uses_measured_parts_and_sample_sizes():
     guess = ui.estimate([spec], [], online=False)
     g = ui.FALLBACK_TIMINGS[("builtin:tiny-t5", "classification")]
     assert not guess.measured and "rough guess" in guess.basis
-    assert guess.seconds == pytest.approx(g.startup_s + g.train_s_per_example * rows * 2 + g.eval_s_per_example * 50 * 2)
+    # the 600 rows hold no dev split beside 2000 training examples: 200 (10 %) are carved out of them, scored
+    # after each epoch, and the 50 validation examples once at the end
+    n_train, n_dev = rows - 200, 200
+    assert guess.seconds == pytest.approx(g.startup_s + g.train_s_per_example * n_train * 2
+                                          + g.eval_s_per_example * (n_dev * 2 + 50))
     # one finished run: 10 s start to end, 6 s training at 90 examples/s, 2 evaluation passes of 40 examples in 2 s
     past = [{"status": "completed", "model_name": "builtin:tiny-t5", "task": "classification",
              "train_samples_per_second": 90.0, "started_at": 100.0, "finished_at": 110.0, "train_runtime": 6.0,
@@ -89,7 +93,9 @@ def test_eta_uses_measured_parts_and_sample_sizes():
     assert (t.startup_s, t.train_s_per_example, t.eval_s_per_example, t.runs) == (2.0, 1 / 90, 1 / 40, 1)
     est = ui.estimate([spec, spec.replace(method="zero_shot")], past, online=False)
     assert est.measured and "Measured" in est.basis
-    assert est.seconds == pytest.approx((2 + rows * 2 / 90 + 50 * 2 / 40) + (2 + 50 / 40))
+    assert est.seconds == pytest.approx((2 + n_train * 2 / 90 + (n_dev * 2 + 50) / 40) + (2 + 50 / 40))
+    legacy = ui.estimate([spec.replace(selection="validation")], past, online=False)  # the original protocol
+    assert legacy.seconds == pytest.approx(2 + rows * 2 / 90 + (50 * 2 + 50) / 40)  # + its generate-and-parse pass
     assert ui.estimate_seconds([spec.replace(train_samples=0, train_file="/x.csv")], past, online=True) == (None, True)
     # nothing measured for summarization: the guess for that task, not classification's times
     summ = ui.estimate([spec.replace(task="summarization")], past, online=False)

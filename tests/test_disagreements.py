@@ -91,8 +91,10 @@ def engine(lab):
 def found(lab, engine):
     _, ids, _ = lab
     seen = []
+    # the models themselves (stored=False): every run stored its answers to these examples, which find() would
+    # otherwise read (tests/test_significance.py checks those against this result)
     result = dis.find(engine, [ids["lora4"], ids["lora8"], ids["prompt"]], EVAL,
-                      progress=lambda done, total: seen.append((done, total)))
+                      progress=lambda done, total: seen.append((done, total)), stored=False)
     return result, seen
 
 
@@ -149,7 +151,7 @@ def test_every_path_over_many_texts(lab, engine):
     other = peft.compare_many(texts, [ids["lora4"], ids["lora8"]], rows_per_batch=6)
     for a, b in zip(other["columns"], many["columns"]):
         assert a["outputs"] == b["outputs"] and a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-5)
-    result = dis.find(engine, [ids[n] for n in ("ia3", "prefix", "bitfit")], EVAL)
+    result = dis.find(engine, [ids[n] for n in ("ia3", "prefix", "bitfit")], EVAL, stored=False)
     for c, n in zip(result["columns"][1:], ("ia3", "prefix", "bitfit")):
         for k in ("accuracy", "f1"):
             assert c["scores"][k] == pytest.approx(runs[n]["metrics"][k], abs=1e-9), (n, k)
@@ -183,27 +185,27 @@ def test_second_call_reads_the_cache(lab, engine, monkeypatch):
     calls = []
     real = engine.compare_many
     monkeypatch.setattr(engine, "compare_many", lambda *a, **k: calls.append(1) or real(*a, **k))
-    first = dis.find(engine, runs, 12)
-    again = dis.find(engine, runs, 12)
+    first = dis.find(engine, runs, 12, stored=False)  # the disk cache of model runs (stored answers aside)
+    again = dis.find(engine, runs, 12, stored=False)
     assert len(calls) == 1 and not first["cached"] and again["cached"]
     assert again["columns"] == first["columns"] and again["examples"] == first["examples"]
     path = store.cache_dir / dis.CACHE_SUBDIR / f"{first['key']}.json"
     assert path.is_file()
     # a fresh engine (a new process, the CLI) answers from the disk without loading the model at all
     fresh = infer.CompareEngine(store, device="cpu", precision="fp32")
-    assert dis.find(fresh, runs, 12)["cached"] and fresh.loaded is None
-    assert dis.lookup(fresh, runs, 12)["key"] == first["key"]
+    assert dis.find(fresh, runs, 12, stored=False)["cached"] and fresh.loaded is None
+    assert dis.lookup(fresh, runs, 12, stored=False)["key"] == first["key"]
     # another N, other adapters, a changed adapter file or a torn cache file: computed again
-    assert dis.lookup(fresh, runs, 11) is None and dis.lookup(fresh, runs[:1], 12) is None
+    assert dis.lookup(fresh, runs, 11, stored=False) is None and dis.lookup(fresh, runs[:1], 12, stored=False) is None
     weights = store.adapter_path(ids["lora8"]) / "adapter_model.safetensors"
     st = weights.stat()
     os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    assert dis.lookup(fresh, runs, 12) is None
+    assert dis.lookup(fresh, runs, 12, stored=False) is None
     path.write_text("{ torn")
     os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert dis.lookup(fresh, runs, 12) is None
-    assert not dis.find(engine, runs, 12)["cached"] and len(calls) == 2
-    assert dis.lookup(fresh, runs, 12)["key"] == first["key"]  # rewritten
+    assert dis.lookup(fresh, runs, 12, stored=False) is None
+    assert not dis.find(engine, runs, 12, stored=False)["cached"] and len(calls) == 2
+    assert dis.lookup(fresh, runs, 12, stored=False)["key"] == first["key"]  # rewritten
     # N is capped by the set's size, so 10**6 and the size are one key
     size = len(dis.validation_examples(adapters.read_adapter(store.adapter_path(runs[0]))["_spec"]))
     assert dis.prepare(fresh, runs, 10**6)["key"] == dis.prepare(fresh, runs, size)["key"]
@@ -252,7 +254,8 @@ def test_cli_verb(lab, tmp_path):
                "--json", "--no_cache", home=store.home, check=True)
     result = json.loads(proc.stdout)
     assert result["n"] == 16 and not result["cached"] and len(result["columns"]) == 3
-    same = dis.find(infer.CompareEngine(store, device="cpu", precision="fp32"), [ids["lora4"], ids["lora8"]], 16)
+    same = dis.find(infer.CompareEngine(store, device="cpu", precision="fp32"), [ids["lora4"], ids["lora8"]], 16,
+                    stored=False)
     assert same["cached"]  # the CLI wrote the cache this process reads
     assert [c["scores"] for c in same["columns"]] == [c["scores"] for c in result["columns"]]
     assert len(list(csv.reader(io.StringIO(out.read_text())))) == 17
@@ -275,6 +278,37 @@ def test_cli_refusals_are_one_line(lab, capsys):
         assert cli_mod.main(home + list(argv)) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], (argv, err)
+
+
+def test_stored_answers_are_the_models_answers_and_no_model_runs(lab, found, monkeypatch):
+    """Every run stored its evaluation answers: the finder builds its result from them (no model loads) and it
+    is what running the models gives; where one column lacks them for an example, nothing is made up."""
+    import sqlite3
+
+    store, ids, _ = lab
+    result, _ = found
+    chosen = [ids["lora4"], ids["lora8"], ids["prompt"]]
+    fresh = infer.CompareEngine(store, device="cpu", precision="fp32")
+    monkeypatch.setattr(fresh, "compare_many", lambda *a, **k: pytest.fail("a model ran"))
+    stored = dis.find(fresh, chosen, EVAL)
+    assert stored["source"] == "stored" and fresh.loaded is None and not stored["cached"]
+    assert [r["outputs"] for r in stored["examples"]] == [r["outputs"] for r in result["examples"]]
+    for a, b in zip(stored["columns"], result["columns"]):
+        assert a["key"] == b["key"] and a["scores"]["f1"] == pytest.approx(b["scores"]["f1"], abs=1e-12)
+    for a, b in zip(stored["examples"], result["examples"]):
+        assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-4)
+    assert set(stored["disagreements"]) == set(result["disagreements"])
+    assert "stored evaluation answers" in dis.report(stored)
+    # one example past what the runs evaluated, or a column without stored answers: no stored result
+    assert dis.lookup(fresh, chosen, EVAL + 1) is None
+    saved = store.examples(ids["lora8"])
+    with sqlite3.connect(store.db_path) as conn:
+        conn.execute("DELETE FROM examples WHERE run_id=?", (ids["lora8"],))
+    try:
+        assert dis.from_stored(fresh, dis.prepare(fresh, chosen, EVAL)) is None
+    finally:
+        store.put_examples(ids["lora8"], "validation", saved)
+    assert dis.from_stored(fresh, dis.prepare(fresh, chosen, EVAL)) is not None
 
 
 # -- the Compare page's second mode ---------------------------------------------------------------------------

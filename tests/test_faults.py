@@ -50,8 +50,8 @@ elif fault == "sigkill_training":
     Store.add_steps = add_steps
 elif fault == "sigkill_save":
     real_save = train.save_adapter
-    def save_adapter(model, spec, out, record):
-        real_save(model, spec, out, record)  # the staging dir is full, the rename has not happened
+    def save_adapter(model, spec, out, record, **kw):
+        real_save(model, spec, out, record, **kw)  # the staging dir is full, the rename has not happened
         os.kill(os.getpid(), signal.SIGKILL)
     train.save_adapter = save_adapter
 elif fault == "disk_full":
@@ -88,7 +88,8 @@ def faulty(tmp_path, monkeypatch):
     wrapper.write_text(WRAPPER)
     faults: dict[str, str] = {}
 
-    def child_command(store_, run_id):
+    def child_command(store_, run_ids):
+        run_id = run_ids if isinstance(run_ids, str) else run_ids[0]  # these runs are queued one by one
         return [sys.executable, str(wrapper), faults.get(run_id, "none"), "train", "--run_id", run_id,
                 "--home", str(store_.home)]
 

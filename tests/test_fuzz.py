@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from peftcompare.service import bundle, integrity
 from peftcompare import cli
 from peftcompare.engine import data, compare as infer
+from peftcompare.core import tasks
 from peftcompare.core.spec import RunSpec, spec_fields
 from peftcompare.service.store import Store
 
@@ -209,7 +210,7 @@ def test_bad_inputs_exit_2_with_one_line(lab, capsys, monkeypatch):
         assert rc == 2, argv
     assert len(store.list_runs()) == runs_before  # a refused command writes nothing
     # an oversized upload
-    monkeypatch.setattr(data, "MAX_UPLOAD_BYTES", 8)
+    monkeypatch.setattr(tasks, "MAX_UPLOAD_BYTES", 8)
     assert only_cli(home + ["train", *tiny, "--train_file", str(f["columns.csv"])], capsys) == 2
     print(f"\nCLI bad inputs tried: {len(cases) + 1}, exit 2 with one line: {len(cases) + 1}")
 

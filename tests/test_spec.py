@@ -60,4 +60,21 @@ def test_every_field_has_help():
 
 
 def test_json_has_version():
-    assert json.loads(RunSpec().to_json())["spec_version"] == 2
+    assert json.loads(RunSpec().to_json())["spec_version"] == 3  # 3: budget, budget_value; dev selection default
+
+
+def test_older_specs_keep_their_protocol_and_their_hash():
+    """A version-1 record (no selection field) was chosen on validation, and hashes as it did; version-2 and
+    -3 fields at their legacy values leave the hash alone, so a stored run is still found by a sweep."""
+    old = RunSpec.from_json(json.dumps({"spec_version": 1, "method": "lora", "capacity": 8}))
+    assert old.selection == "validation"
+    legacy = RunSpec(selection="validation")
+    assert old.spec_hash() == legacy.spec_hash() == legacy.replace(budget="epochs", budget_value=0.0).spec_hash()
+    assert RunSpec().selection == "dev" and RunSpec().spec_hash() != legacy.spec_hash()  # another experiment
+    zero = RunSpec(method="zero_shot")  # nothing to choose: its hash does not depend on the protocol
+    assert zero.spec_hash() == zero.replace(selection="validation", dev_samples=50).spec_hash()
+    with pytest.raises(ValueError, match="budget_value"):
+        RunSpec(budget="steps")
+    with pytest.raises(ValueError, match="whole"):
+        RunSpec(budget="steps", budget_value=2.5)
+    assert RunSpec(budget="steps", budget_value=10).spec_hash() != RunSpec().spec_hash()

@@ -79,6 +79,9 @@ def test_lora_clearly_learns_the_sample_classification_data(store):
 
 
 def test_best_epoch_is_kept(store):
-    run = run_in_process(store, tiny_spec(method="lora", capacity=4, num_train_epochs=3))
+    """The original protocol (selection on validation): the reported score is the best epoch's own
+    (tests/test_selection.py covers the dev split)."""
+    run = run_in_process(store, tiny_spec(method="lora", capacity=4, num_train_epochs=3, selection="validation"))
     best = max(run["epochs"], key=lambda e: e["f1"])
     assert run["metrics"]["f1"] == best["f1"]
+    assert run["best_epoch"] == best["epoch"] and run["selection"]["on"] == "validation"

@@ -117,6 +117,24 @@ def test_sweep_capacities_per_method(app_home):
     assert [e.value for e in at.error] == ["Capacities for Prompt-Tuning: give at least one virtual tokens"]
 
 
+def test_train_together_queues_the_grid_in_packs(app_home, monkeypatch):
+    """The sweep form's "Train together": the runs that can pack share a pack id in the queue (the worker then
+    trains them in one process); the others are marked to train alone."""
+    monkeypatch.setattr(jobs, "ensure_worker", lambda store: False)  # the queue is read, not run
+    at = train_page()
+    at.radio(key="tr_mode").set_value("Sweep grid").run()
+    at.multiselect(key="tr_sweep_methods").set_value(["lora", "ia3"]).run()
+    at.text_input(key="tr_sweep_caps_lora").input("4, 8").run()
+    at.checkbox(key="tr_sweep_zero_shot").uncheck().run()
+    at.toggle(key="tr_sweep_pack").set_value(True).run()
+    at.button(key="tr_enqueue").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    queued = {(r["method"], r["capacity"]): r for r in Store(app_home).list_runs(status=("queued",))}
+    assert set(queued) == {("lora", 4), ("lora", 8), ("ia3", 0)}
+    assert queued[("lora", 4)]["pack_id"] == queued[("lora", 8)]["pack_id"] not in (None, "alone")
+    assert queued[("ia3", 0)]["pack_id"] == "alone"
+
+
 def test_retry_of_a_spec_completed_meanwhile_says_so_and_queues_nothing(app_home, monkeypatch):
     store = Store(app_home)
     failed = record(store, QUICK, "failed", error="the training process exited with status 1 without finishing")

@@ -4,14 +4,17 @@ from __future__ import annotations
 import pandas as pd
 
 from peftcompare.core import methods
+from peftcompare.service.stats import mean_ci
 from peftcompare.service.store import Store
 
-METRIC_COLUMNS = ["accuracy", "f1", "rouge1", "rouge2", "rougeL", "rougeLsum"]
+# accuracy_generate / f1_generate: classification scored the original experiment's way (generate, parse)
+METRIC_COLUMNS = ["accuracy", "f1", "rouge1", "rouge2", "rougeL", "rougeLsum", "accuracy_generate", "f1_generate"]
 RESULT_COLUMNS = ["run_id", "task", "dataset", "model_name", "method", "capacity", "seed", "status",
                   "trainable_params", "total_params", "trainable_pct", "num_train_epochs", *METRIC_COLUMNS, "best_epoch",
                   "train_runtime", "train_samples_per_second", "eval_runtime", "peak_memory_mb",
-                  "adapter_bytes", "precision", "device", "data_source", "data_fingerprint", "spec_hash",
-                  "error", "created_at", "finished_at"]
+                  "adapter_bytes", "stored_params", "precision", "device", "data_source", "data_fingerprint", "spec_hash",
+                  "error", "created_at", "finished_at", "learning_rate", "selected_on", "budget", "train_flops",
+                  "model_fingerprint"]
 
 
 def runs_frame(runs: list[dict]) -> pd.DataFrame:
@@ -30,7 +33,12 @@ def runs_frame(runs: list[dict]) -> pd.DataFrame:
         row.update({k: metrics.get(k) for k in METRIC_COLUMNS})
         row["dataset"] = spec.dataset if spec else None
         row["num_train_epochs"] = spec.num_train_epochs if spec else None
-        row["best_epoch"] = best
+        row["best_epoch"] = r.get("best_epoch") or best  # recorded since schema 4; matched by score before
+        trains = bool(spec) and spec.method in methods.METHODS and methods.trains(spec.method)
+        row["learning_rate"] = spec.learning_rate if trains else None  # zero-shot learns nothing
+        row["selected_on"] = selected_on(r)
+        row["budget"] = (f"{spec.budget_value:g} {spec.budget}" if spec.budget != "epochs" else
+                         f"{spec.num_train_epochs} epochs") if spec else None
         tp, tot = r.get("trainable_params"), r.get("total_params")
         row["trainable_pct"] = 100.0 * tp / tot if tp is not None and tot else None
         rows.append(row)
@@ -46,14 +54,41 @@ def aggregate(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Mean, std, min and max of `metric` over seeds per (task, model, dataset, method, capacity)."""
     keys = ["task", "model_name", "dataset", "method", "capacity"]
     done = df[(df["status"] == "completed") & df[metric].notna()]
+    extra = ["ci_low", "ci_high", "learning_rate", "selected_on", "train_runtime", "train_flops", "stored_params"]
     if done.empty:
-        return pd.DataFrame(columns=[*keys, "trainable_params", "mean", "std", "min", "max", "n", "run_ids"])
+        return pd.DataFrame(columns=[*keys, "trainable_params", "mean", "std", "min", "max", "n", "run_ids", *extra])
     g = done.groupby(keys, dropna=False)
     out = g.agg(trainable_params=("trainable_params", "median"), mean=(metric, "mean"), std=(metric, "std"),
                 min=(metric, "min"), max=(metric, "max"), n=(metric, "size"),
                 run_ids=("run_id", lambda s: ", ".join(s))).reset_index()
     out["std"] = out["std"].fillna(0.0)
+    # the mean's 95 % Student t-interval over seeds (none from one seed)
+    cis = [mean_ci(list(group[metric])) for _, group in g]
+    out["ci_low"], out["ci_high"] = [c.low for c in cis], [c.high for c in cis]
+
+    def joined(col, fmt=str):
+        if col not in done:
+            return [None] * len(out)
+        return [", ".join(fmt(v) for v in sorted(set(group[col].dropna()))) or None for _, group in g]
+
+    out["learning_rate"] = joined("learning_rate", lambda v: f"{v:g}")
+    out["selected_on"] = joined("selected_on")
+    # the x axes of a budget comparison, and what the saved adapter holds (tensor elements)
+    for col in ("train_runtime", "train_flops", "stored_params"):
+        out[col] = list(g[col].median()) if col in done else None
     return out.sort_values(["task", "method", "capacity"]).reset_index(drop=True)
+
+
+def selected_on(run: dict) -> str | None:
+    """Where a run's reported state was chosen: 'dev', 'validation' (the original protocol), or 'none' for a
+    method that trains nothing; from the record, else (a record from before schema 4) its spec."""
+    chosen = (run.get("selection") or {}).get("on")
+    spec = run.get("spec")
+    if chosen:
+        return chosen
+    if spec is None:
+        return None
+    return spec.selection if spec.method in methods.METHODS and methods.trains(spec.method) else "none"
 
 
 def pareto_front(agg: pd.DataFrame, x: str = "trainable_params", y: str = "mean") -> pd.Series:

@@ -12,7 +12,11 @@ from peftcompare.service import analysis
 from peftcompare.core import methods
 from peftcompare.core.labels import method_title, metric_title
 
-X_FIELDS = {"capacity": "Capacity (rank / virtual tokens / blocks)", "trainable_params": "Trainable parameters"}
+X_FIELDS = {"capacity": "Capacity (rank / virtual tokens / blocks)", "trainable_params": "Trainable parameters",
+            # a budget-matched comparison: what the training cost (mean over seeds)
+            "train_runtime": "Training time (s)", "train_flops": "Training FLOPs (estimated)",
+            # what the saved adapter holds: VeRA's shared projections, SHiRA's indices, ... (run.stored_params)
+            "stored_params": "Stored parameters (saved adapter tensors)"}
 # one fixed colour per method on every chart (Streamlit's default palette gives near-identical blues)
 PALETTE = ["#4c78a8", "#f58518", "#e45756", "#72b7b2", "#54a24b", "#eeca3b", "#b279a2", "#ff9da6", "#9d755d",
            "#79706e"]
@@ -57,6 +61,11 @@ def curve_points(agg: pd.DataFrame, x: str, spread: str = "std", pareto: pd.Seri
     pts = pts[pts[x].fillna(0) > 0].copy()  # log scale
     if spread == "minmax":
         pts["lo"], pts["hi"] = pts["min"], pts["max"]
+    elif spread == "ci":  # the mean's 95 % t-interval; one seed gives none (the bar shrinks to the point)
+        lo = pts["ci_low"] if "ci_low" in pts else pd.Series(index=pts.index, dtype=float)
+        hi = pts["ci_high"] if "ci_high" in pts else pd.Series(index=pts.index, dtype=float)
+        pts["lo"] = pd.to_numeric(lo, errors="coerce").fillna(pts["mean"])
+        pts["hi"] = pd.to_numeric(hi, errors="coerce").fillna(pts["mean"])
     else:
         pts["lo"], pts["hi"] = pts["mean"] - pts["std"], pts["mean"] + pts["std"]
     pts["method_title"] = pts["method"].map(lambda m: methods.get_method(m).title if m in methods.METHODS else m)
@@ -84,8 +93,13 @@ def efficiency_chart(agg: pd.DataFrame, metric: str, x: str = "trainable_params"
     color = alt.Color("method_title:N", title="Method", scale=scale, legend=alt.Legend(values=shown))
     tips = [alt.Tooltip("method_title:N", title="method"), alt.Tooltip("capacity:Q", title="capacity"),
             alt.Tooltip("trainable_params:Q", title="trainable params", format=","),
+            *([alt.Tooltip("stored_params:Q", title="stored params", format=",")] if "stored_params" in pts else []),
             alt.Tooltip("mean:Q", title=f"{y_title} (mean)", format=".4f"),
             alt.Tooltip("std:Q", title="std over seeds", format=".4f"), alt.Tooltip("n:Q", title="seeds"),
+            *[alt.Tooltip(f"{c}:{k}", title=t, **({"format": ".4f"} if k == "Q" else {}))
+              for c, k, t in (("ci_low", "Q", "95 % CI low (t)"), ("ci_high", "Q", "95 % CI high (t)"),
+                              ("learning_rate", "N", "learning rate"), ("selected_on", "N", "selected on"))
+              if c in pts],
             alt.Tooltip("run_ids:N", title="runs")]
     base = alt.Chart(pts)
     layers = [

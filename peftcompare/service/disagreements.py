@@ -173,25 +173,30 @@ def _write(path: Path | None, result: dict) -> None:
 
 
 def lookup(engine, run_ids: list[str], n: int = DEFAULT_N, task: str | None = None,
-           model_name: str | None = None, examples: list | None = None, prepared: dict | None = None) -> dict | None:
-    """The cached result for these columns and examples, or None; never runs the model."""
+           model_name: str | None = None, examples: list | None = None, prepared: dict | None = None,
+           stored: bool = True) -> dict | None:
+    """The result from the runs' stored answers (`stored`) or the cache, or None; never runs the model."""
     prep = prepared or prepare(engine, run_ids, n, task, model_name, examples)
-    return _read(prep["path"], prep["key"])
+    return (from_stored(engine, prep) if stored else None) or _read(prep["path"], prep["key"])
 
 
 # -- the run -------------------------------------------------------------------------------------------------
 def find(engine, run_ids: list[str], n: int = DEFAULT_N, task: str | None = None, model_name: str | None = None,
          examples: list | None = None, progress=None, use_cache: bool = True, prepared: dict | None = None,
-         rows_per_batch: int | None = None) -> dict:
+         rows_per_batch: int | None = None, stored: bool = True) -> dict:
     """Zero-shot and each adapter over the first n validation examples: per-column scores, per-example
-    answers and the ranked disagreements. progress(done, total) counts answers (examples x columns)."""
+    answers and the ranked disagreements. progress(done, total) counts answers (examples x columns).
+
+    stored: where every column (zero-shot included) stored its evaluation answers for these examples, the
+    result is built from them and no model runs; use_cache: else an earlier result of the same comparison."""
     prep = prepared or prepare(engine, run_ids, n, task, model_name, examples)
-    if use_cache:
+    hit = from_stored(engine, prep) if stored else None
+    if hit is None and use_cache:
         hit = _read(prep["path"], prep["key"])
-        if hit is not None:
-            if progress is not None:
-                progress(1, 1)
-            return hit
+    if hit is not None:
+        if progress is not None:
+            progress(1, 1)
+        return hit
     plan, chosen = prep["plan"], prep["examples"]
     kwargs = {"rows_per_batch": rows_per_batch} if rows_per_batch else {}
     run = engine.compare_many([t for t, _ in chosen], [c["key"] for c in plan["columns"][1:]], task=plan["task"],
@@ -199,6 +204,63 @@ def find(engine, run_ids: list[str], n: int = DEFAULT_N, task: str | None = None
     result = build(run, chosen, prep)
     _write(prep["path"], result)
     return result
+
+
+# -- the answers the runs stored when they were evaluated -------------------------------------------------------
+# the zero-shot column's settings a stored zero-shot run must share (its examples are matched by content)
+_ZS_FIELDS = ("dataset", "prompt_template", "answer_cue", "max_source_length", "max_target_length")
+
+
+def from_stored(engine, prep: dict) -> dict | None:
+    """The result built from the per-example answers the runs stored at evaluation, without running a model;
+    None unless every column (zero-shot included: a stored zero-shot run of the same model, prompt and
+    lengths) has answers for every chosen example."""
+    from peftcompare.engine.data import Example, example_key
+
+    store = getattr(engine, "store", None)
+    if store is None:
+        return None
+    plan, chosen = prep["plan"], prep["examples"]
+    keys = [example_key(Example(t, r)) for t, r in chosen]
+    stored = [_zero_shot_answers(store, plan, keys)]
+    for c in plan["columns"][1:]:
+        per = store.examples(c["key"])
+        stored.append(per if per is not None and set(keys) <= set(per.get("key") or ()) else None)
+    if any(per is None for per in stored):
+        return None
+    labels = tasks.get_task(plan["task"]).scores_labels
+    if labels and any(per.get("label_words") != list(plan["label_words"] or []) or "distribution" not in per
+                      for per in stored):
+        return None  # answers over other label words (or from before distributions were kept) do not pair
+    columns = []
+    for c, per in zip(plan["columns"], stored):
+        index = {k: i for i, k in enumerate(per["key"])}
+        rows = [index[k] for k in keys]
+        columns.append({"key": c["key"], "label": c["label"], "method": c["method"],
+                        "outputs": [per["prediction"][i] for i in rows],
+                        "probabilities": [per["probability"][i] for i in rows] if labels else [None] * len(rows),
+                        "distributions": [per["distribution"][i] for i in rows] if labels else [None] * len(rows)})
+    runs = [store.get(c["key"]) for c in plan["columns"][1:]] + [stored[0].get("_run")]
+    precisions = sorted({r.get("precision") or "?" for r in runs if r})
+    devices = sorted({r.get("device") or "?" for r in runs if r})
+    result = build({"task": plan["task"], "model_name": plan["model_name"], "label_words": plan["label_words"],
+                    "columns": columns, "precision": "+".join(precisions), "device": "+".join(devices),
+                    "seconds": 0.0}, chosen, prep)
+    result["source"] = "stored"  # the runs' own evaluation answers: no model ran
+    return result
+
+
+def _zero_shot_answers(store, plan: dict, keys: list[str]) -> dict | None:
+    zs = plan["zs_spec"]
+    for run in reversed(store.list_runs(status=("completed",), task=plan["task"])):
+        spec = run.get("spec")
+        if (spec is None or spec.method != zs.method or spec.model_name != plan["model_name"]
+                or any(getattr(spec, f) != getattr(zs, f) for f in _ZS_FIELDS)):
+            continue
+        per = store.examples(run["run_id"])
+        if per is not None and set(keys) <= set(per.get("key") or ()):
+            return {**per, "_run": run}
+    return None
 
 
 def build(run: dict, chosen: list[tuple[str, str]], prep: dict) -> dict:
@@ -280,7 +342,8 @@ def report(result: dict, top: int = 10) -> str:
     width = max(len(t) for t in titles) + 2
     lines = [f"{result['n']} validation examples of {result['dataset']} ({result['n_available']} in the set) · "
              f"{result['model_name']} · {result['precision']} on {result['device']} · "
-             + ("from the cache" if result.get("cached") else f"{result['seconds']:.1f} s"),
+             + ("from the runs' stored evaluation answers" if result.get("source") == "stored" else
+                "from the cache" if result.get("cached") else f"{result['seconds']:.1f} s"),
              "column".ljust(width) + "".join(n.rjust(10) for n in names)]
     for title, c in zip(titles, result["columns"]):
         lines.append(title.ljust(width) + "".join(f"{c['scores'][n]:10.4f}" for n in names))

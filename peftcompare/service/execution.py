@@ -23,8 +23,8 @@ class StoreReporter:
     progress bar when there is one; `progress(step, total, loss)` is called every step.
     """
 
-    def __init__(self, store: Store, run_id: str, progress=None):
-        self.store, self.run_id, self.progress = store, run_id, progress
+    def __init__(self, store: Store, run_id: str, progress=None, alone: str = ""):
+        self.store, self.run_id, self.progress, self.alone = store, run_id, progress, alone
 
     def log(self, msg: str) -> None:
         write = getattr(self.progress, "write", None)  # a bar redraws beneath the line instead of tearing
@@ -37,6 +37,8 @@ class StoreReporter:
         return self.store.cache_dir
 
     def started(self, facts: dict[str, Any]) -> None:
+        if self.alone:  # the run's own fast_paths (the record's too: the same dict) say why it was not packed
+            facts["fast_paths"]["packed"] = {"alone": self.alone}
         self.store.update(self.run_id, trainable_params=facts["trainable_params"],
                           total_params=facts["total_params"], precision=facts["precision"], device=facts["device"],
                           data_fingerprint=facts["data_fingerprint"], data_source=facts["data_source"],
@@ -66,11 +68,21 @@ class StoreReporter:
         return self.store.commit_adapter(self.run_id, staging)
 
     def completed(self, record: dict, adapter_dir: Path | None, adapter_bytes: int | None) -> None:
+        # the answers first: a completed run always has its per-example answers (paired tests read them)
+        for split, per_example in (record.get("per_example") or {}).items():
+            if per_example:
+                self.store.put_examples(self.run_id, split, per_example)
+        budget = record.get("budget") or {}
+        self.store.update(self.run_id, best_epoch=record.get("best_epoch"), selection_json=record.get("selection"),
+                          budget_json=budget or None, train_flops=budget.get("train_flops"),
+                          model_fingerprint=record.get("model_fingerprint"),
+                          **({"total_steps": record["total_steps"]} if record.get("total_steps") else {}))
         self.store.transition(self.run_id, "completed", ("running",), metrics_json=record["metrics"],
                               epochs_json=record["epochs"], train_runtime=record["train_runtime"],
                               eval_runtime=record["eval_runtime"],
                               train_samples_per_second=record["train_samples_per_second"],
                               peak_memory_mb=record["peak_memory_mb"], adapter_bytes=adapter_bytes,
+                              stored_params=record.get("stored_params"),
                               adapter_dir=str(adapter_dir) if adapter_dir else None, finished_at=time.time(),
                               progress=1.0, eta_s=0.0, heartbeat=time.time())
 
@@ -82,32 +94,62 @@ def run_training(spec: RunSpec, store: Store, run_id: str, progress=None) -> dic
     return train.run(spec, StoreReporter(store, run_id, progress))
 
 
-def execute(spec: RunSpec, store: Store, run_id: str, progress=None) -> int:
+def execute(spec: RunSpec, store: Store, run_id: str, progress=None, alone: str = "") -> int:
     """Run a claimed run to a final status. Returns a process exit code (0 ok, 1 failed, 3 cancelled,
-    130 interrupted)."""
+    130 interrupted). `alone`: why a run queued to train packed trains by itself (its fast_paths say so)."""
     from peftcompare.engine import train
 
-    reporter = StoreReporter(store, run_id, progress)
+    reporter = StoreReporter(store, run_id, progress, alone=alone)
     try:
         train.run(spec, reporter)
         return 0
-    except train.Cancelled:
+    except BaseException as exc:  # noqa: BLE001 - every failure must reach the record
+        return _settle(store, run_id, reporter, exc)
+    finally:
+        _discard_staging(store, run_id)
+
+
+def execute_pack(specs: list[RunSpec], store: Store, run_ids: list[str], progress=None) -> list[int]:
+    """Run claimed runs packed in one pass over their shared base model (engine/packing.py); one exit code per
+    run, as `execute` gives. A run that cancels or fails inside the pack leaves the others training."""
+    from peftcompare.engine import packing
+
+    reporters = [StoreReporter(store, run_id, progress if i == 0 else None) for i, run_id in enumerate(run_ids)]
+    try:
+        outcomes = packing.run_pack(specs, reporters)
+    except BaseException as exc:  # noqa: BLE001 - the pack itself failed: every run gets the reason
+        outcomes = [exc] * len(run_ids)
+    codes = []
+    for run_id, reporter, outcome in zip(run_ids, reporters, outcomes):
+        codes.append(0 if isinstance(outcome, dict) else _settle(store, run_id, reporter, outcome))
+        _discard_staging(store, run_id)
+    if any(isinstance(o, KeyboardInterrupt) for o in outcomes):
+        raise KeyboardInterrupt
+    return codes
+
+
+def _settle(store: Store, run_id: str, reporter: StoreReporter, exc: BaseException) -> int:
+    """The final status of a run that ended with `exc`; returns its exit code."""
+    from peftcompare.engine import train
+
+    if isinstance(exc, train.Cancelled):
         store.transition(run_id, "cancelled", ("running",), finished_at=time.time(), error="cancelled by the user")
         reporter.log("cancelled")
         return 3
-    except KeyboardInterrupt:
+    if isinstance(exc, KeyboardInterrupt):
         store.transition(run_id, "cancelled", ("running",), finished_at=time.time(), error="interrupted (Ctrl-C)")
         return 130
-    except BaseException as exc:  # noqa: BLE001 - every failure must reach the record
-        reason = train.failure_reason(exc)
-        traceback.print_exc(file=sys.stdout)
-        try:
-            store.transition(run_id, "failed", ("running", "queued"), finished_at=time.time(), error=reason)
-        finally:
-            reporter.log(f"failed: {reason}")
-        return 1
+    reason = train.failure_reason(exc)
+    traceback.print_exception(exc, file=sys.stdout)
+    try:
+        store.transition(run_id, "failed", ("running", "queued"), finished_at=time.time(), error=reason)
     finally:
-        try:
-            store.discard_staging(run_id, os.getpid())
-        except OSError:
-            pass
+        reporter.log(f"failed: {reason}")
+    return 1
+
+
+def _discard_staging(store: Store, run_id: str) -> None:
+    try:
+        store.discard_staging(run_id, os.getpid())
+    except OSError:
+        pass

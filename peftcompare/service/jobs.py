@@ -12,13 +12,15 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from peftcompare.core import packs
 from peftcompare.core.spec import RunSpec
 from peftcompare.service import policy as public
 from peftcompare.service import procs, runs
-from peftcompare.service.store import Store
+from peftcompare.service.store import PACK_ALONE, Store
 
 CANCEL_GRACE_SECONDS = 10.0  # a run that ignores its cancel flag this long is killed
 IDLE_EXIT_SECONDS = 30.0
@@ -46,8 +48,8 @@ def enqueue(store: Store, spec: RunSpec, owner: str | None = None) -> str:
     return _queue(store, spec, owner)
 
 
-def _queue(store: Store, spec: RunSpec, owner: str | None) -> str:
-    run_id = store.create_run(spec, status="queued", owner=owner)
+def _queue(store: Store, spec: RunSpec, owner: str | None, pack_id: str | None = None) -> str:
+    run_id = store.create_run(spec, status="queued", owner=owner, pack_id=pack_id)
     store.spec_path(run_id).write_text(spec.resolved().to_json())
     return run_id
 
@@ -64,7 +66,7 @@ class Submitted:
         return len(self.run_ids) + len(self.skipped)
 
 
-def submit(store: Store, specs: list[RunSpec], owner: str | None = None) -> Submitted:
+def submit(store: Store, specs: list[RunSpec], owner: str | None = None, pack: int = 1) -> Submitted:
     """Queue `specs` with the whole enqueue policy checked once, before any record is written:
 
     1. the public instance's limits on every spec (model, sizes, methods, files);
@@ -75,6 +77,8 @@ def submit(store: Store, specs: list[RunSpec], owner: str | None = None) -> Subm
        source once.
 
     Any refusal raises ValueError (one line) and queues nothing: a grid is queued whole or not at all.
+    `pack` > 1: the runs that can train together are queued in packs of at most that many (the worker trains
+    a pack in one process, engine/packing.py); the others are marked to train alone.
     Page, retry and presets call this; the worker must be started by the caller (`ensure_worker`)."""
 
     specs = [s.resolved() for s in specs]
@@ -99,11 +103,20 @@ def submit(store: Store, specs: list[RunSpec], owner: str | None = None) -> Subm
             raise ValueError(f"{len(todo)} runs exceed this public instance's limit of "
                              f"{public.LIMITS.jobs_per_visitor} queued run(s) per visitor")
     runs.preflight_all(todo)
-    return Submitted([_queue(store, s, owner) for s in todo], skipped)
+    if pack <= 1:
+        return Submitted([_queue(store, s, owner) for s in todo], skipped)
+    queued = []
+    for group in packs.plan_packs(todo, pack):
+        pack_id = uuid.uuid4().hex[:12] if len(group) > 1 else PACK_ALONE
+        queued += [_queue(store, s, owner, pack_id) for s in group]
+    return Submitted(queued, skipped)
 
 
-def child_command(store: Store, run_id: str) -> list[str]:
-    return [sys.executable, "-m", "peftcompare", "train", "--run_id", run_id, "--home", str(store.home)]
+def child_command(store: Store, run_id: str | list[str]) -> list[str]:
+    """The training process of a claimed run, or of a pack of claimed runs (one process trains them all)."""
+    ids = [run_id] if isinstance(run_id, str) else list(run_id)
+    return [sys.executable, "-m", "peftcompare", "train", *[a for r in ids for a in ("--run_id", r)],
+            "--home", str(store.home)]
 
 
 def _lock_path(store: Store) -> Path:
@@ -150,19 +163,31 @@ def run_worker(store: Store, idle_exit: float = IDLE_EXIT_SECONDS, max_jobs: int
                 break
             time.sleep(POLL_SECONDS)
             continue
-        _run_child(store, run["run_id"])
+        # the rest of its pack (runs queued to train together) goes to the same child
+        _run_child(store, [r["run_id"] for r in store.claim_pack(run, pid=os.getpid())])
         done += 1
         idle_since = time.monotonic()
     return 0
 
 
-def _run_child(store: Store, run_id: str) -> int:
+def _run_child(store: Store, run_ids: str | list[str]) -> int:
+    """One training process for a run or a pack of runs, supervised to the end: the process is killed when a
+    cancel goes unheeded for CANCEL_GRACE_SECONDS (in a pack: when every run of it asked to stop; a pack
+    stops one run at its next flush and trains the others on), and every run it leaves running gets a
+    final status."""
+    ids = [run_ids] if isinstance(run_ids, str) else list(run_ids)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(store.log_path(run_id), "ab") as log:
-        proc = subprocess.Popen(child_command(store, run_id), stdout=log, stderr=subprocess.STDOUT,
+    with open(store.log_path(ids[0]), "ab") as log:
+        proc = subprocess.Popen(child_command(store, ids), stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True,
                                 cwd=str(Path(__file__).resolve().parents[2]))
-    store.update(run_id, pid=proc.pid, heartbeat=time.time())
+    for run_id in ids[1:]:  # one process writes one log: every run of the pack shows it, live (a hard link)
+        try:
+            os.link(store.log_path(ids[0]), store.log_path(run_id))
+        except OSError:
+            pass
+    for run_id in ids:
+        store.update(run_id, pid=proc.pid, heartbeat=time.time())
     cancel_seen = None
     while True:
         try:
@@ -170,23 +195,25 @@ def _run_child(store: Store, run_id: str) -> int:
             break
         except subprocess.TimeoutExpired:
             pass
-        if cancel_seen is None and store.cancel_requested(run_id):
+        if cancel_seen is None and all(store.cancel_requested(r) or store.get(r)["status"] != "running"
+                                       for r in ids):
             cancel_seen = time.monotonic()
         if cancel_seen is not None and time.monotonic() - cancel_seen > CANCEL_GRACE_SECONDS:
             _kill(proc)
             code = proc.wait()
             break
-    run = store.get(run_id)
-    if run and run["status"] == "running":
-        # the child died without writing a final status: a crash, a kill or our cancel
-        if run.get("cancel_requested"):
-            store.transition(run_id, "cancelled", ("running",), finished_at=time.time(),
-                             error="cancelled by the user")
-        else:
-            reason = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
-            store.transition(run_id, "failed", ("running",), finished_at=time.time(),
-                             error=f"the training process {reason} without finishing")
-    store.discard_staging(run_id)
+    for run_id in ids:
+        run = store.get(run_id)
+        if run and run["status"] == "running":
+            # the child died without writing a final status: a crash, a kill or our cancel
+            if run.get("cancel_requested"):
+                store.transition(run_id, "cancelled", ("running",), finished_at=time.time(),
+                                 error="cancelled by the user")
+            else:
+                reason = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+                store.transition(run_id, "failed", ("running",), finished_at=time.time(),
+                                 error=f"the training process {reason} without finishing")
+        store.discard_staging(run_id)
     return code
 
 

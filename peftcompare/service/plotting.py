@@ -38,8 +38,9 @@ def curve_figure(df: pd.DataFrame, task: str, metric: str, x: str = "capacity"):
         title = method_title(method)
         ax.plot(g[x], g["mean"], marker="o", label=f"{title} (n={int(g['n'].max())} seed"
                 f"{'s' if g['n'].max() > 1 else ''})", color=method_color(method))
-        if (g["n"] > 1).any():
-            ax.fill_between(g[x], g["min"], g["max"], alpha=0.2, color=method_color(method))
+        if (g["n"] > 1).any():  # the mean's 95 % t-interval over seeds (a point of one seed has none)
+            ax.fill_between(g[x], g["ci_low"].fillna(g["mean"]), g["ci_high"].fillna(g["mean"]), alpha=0.2,
+                            color=method_color(method))
     front = analysis.pareto_front(agg)  # zero-shot and full fine-tuning are points of the front too
     ringed = curves[front.reindex(curves.index).fillna(False).astype(bool) & (curves[x].fillna(0) > 0)]
     if len(ringed):
@@ -58,7 +59,7 @@ def curve_figure(df: pd.DataFrame, task: str, metric: str, x: str = "capacity"):
         ax.text(0.5, 0.5, "no completed runs for this task yet", ha="center", va="center",
                 transform=ax.transAxes, color="gray")
     ax.set_xlabel("capacity (LoRA rank r / virtual tokens)" if x == "capacity" else "trainable parameters")
-    ax.set_ylabel(metric_title(metric))
+    ax.set_ylabel(f"{metric_title(metric)} (mean over seeds; band: 95 % t-interval)")
     models_used = ", ".join(sorted(agg["model_name"].dropna().unique())) or "-"
     against = "capacity" if x == "capacity" else "trainable parameters"
     ax.set_title(f"{task}: {metric_title(metric)} vs {against}  ({models_used})", fontsize=10)

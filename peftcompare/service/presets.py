@@ -35,9 +35,12 @@ class Preset:
     task_by_dataset: dict = field(default_factory=dict)
     spec: dict = field(default_factory=dict)  # fields every run of the preset shares
     views: tuple[str, ...] = ("method_table", "training_curves")
+    # --quick runs only these methods (() = all): a preset of dozens of methods stays a smoke test
+    quick_methods: tuple[str, ...] = ()
 
-    def method_names(self) -> list[str]:
-        return [m for m, _ in self.methods]
+    def method_names(self, quick: bool = False) -> list[str]:
+        """Its methods; with quick, those a --quick run trains (quick_methods, where it names any)."""
+        return [m for m, _ in self.methods if not (quick and self.quick_methods) or m in self.quick_methods]
 
 
 def _task(dataset: str) -> str:
@@ -73,6 +76,14 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            "BitFit (bias terms only).",
            ("bert-base-uncased",), "builtin:tiny-bert", ("sst2",),
            (("full", ()), ("lora", (8,)), ("prefix", (20,)), ("bitfit", ()))),
+    Preset("peft_zoo", "PEFT zoo on FLAN-T5",
+           "Every PEFT method that trains an encoder-decoder at one budget, about 300k trainable parameters on "
+           "flan-t5-small (or the nearest its knob allows), against LoRA r=8 and the zero-shot model, on SST-2 "
+           "and SAMSum. --quick trains one method of each family.",
+           ("google/flan-t5-small",), "builtin:tiny-t5", ("sst2", "samsum"),
+           (("zero_shot", ()), ("lora", (8,)),
+            *((name, (cap,) if cap else ()) for name, cap in methods.zoo_budget().items())),
+           quick_methods=("zero_shot", "lora", "dora", "oft", "fourierft", "ln_tuning", "cartridge")),
 ]}
 
 
@@ -99,6 +110,8 @@ def preset_specs(name: str, offline: bool = False, quick: bool = False) -> list[
                 if tasks.get_task(task).generates:
                     base["max_target_length"] = QUICK_TARGET_TOKENS
             for method, capacities in p.methods:
+                if method not in p.method_names(quick):
+                    continue
                 m = methods.get_method(method)
                 # quick: the smallest capacity of each method (one point per method, not a curve)
                 for cap in (capacities[:1] if quick else capacities) or (0,):
@@ -153,7 +166,8 @@ def epoch_frame(runs: list[dict]):
             rows.append({"run_id": r["run_id"], "model_name": spec.model_name, "dataset": spec.dataset,
                          "method": spec.method, "capacity": spec.capacity, "label": label,
                          "epoch": e.get("epoch"), "train_loss": e.get("train_loss"),
-                         "metric_name": metric, "metric": e.get(metric)})
+                         # selection on dev: the epochs were scored on the dev split (dev_<metric>)
+                         "metric_name": metric, "metric": e.get(metric, e.get(f"dev_{metric}"))})
     return pd.DataFrame(rows, columns=["run_id", "model_name", "dataset", "method", "capacity", "label", "epoch",
                                        "train_loss", "metric_name", "metric"])
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 
 from peftcompare.core import methods
-from peftcompare.core.spec import RunSpec
+from peftcompare.core.spec import RunSpec, offline_recipe
 from peftcompare.service import policy as public
 from peftcompare.service.system import import_stack
 
@@ -17,13 +17,15 @@ from peftcompare.service.system import import_stack
 # -- grids ----------------------------------------------------------------------------------------------
 def sweep_specs(base: RunSpec, method_names: list[str], seeds: list[int],
                 capacities: dict[str, list[int]] | None = None, knobs: dict[str, list[int]] | None = None,
-                zero_shot: bool = True, learning_rates: list[float] | None = None) -> list[RunSpec]:
+                zero_shot: bool = True, learning_rates: list[float] | None = None,
+                method_rates: bool = False) -> list[RunSpec]:
     """methods x capacities x learning rates x seeds, plus one zero-shot baseline (first seed).
 
     A method's capacities are, in order: `capacities[name]`; the values given for its sweep knob
     (`knobs`, e.g. {"rank": [4, 8], "tokens": [10, 20]}: the CLI's --lora_ranks / --virtual_tokens); its
     reference grid. Methods without a capacity knob run once per seed. `learning_rates` (a search) gives
-    every (method, capacity, seed) one run per rate; without it each method trains at the base spec's rate."""
+    every (method, capacity, seed) one run per rate; without it each method trains at the base spec's rate,
+    or with `method_rates` at its own default (`default_learning_rate`)."""
     if not seeds:
         raise ValueError("seeds: give at least one seed")
     specs = [base.replace(method=methods.BASELINE, seed=seeds[0])] if zero_shot else []
@@ -39,14 +41,23 @@ def sweep_specs(base: RunSpec, method_names: list[str], seeds: list[int],
             caps = list(m.capacities)
         else:
             caps = [0]
-        rates = list(learning_rates) if learning_rates else [base.learning_rate]
+        rates = (list(learning_rates) if learning_rates else
+                 [default_learning_rate(name, base)] if method_rates else [base.learning_rate])
         for cap, lr, seed in itertools.product(caps, rates, seeds):
             specs.append(base.replace(method=name, capacity=cap or base.capacity, seed=seed, learning_rate=lr))
     return specs
 
 
+def default_learning_rate(method: str, base: RunSpec) -> float:
+    """A method's learning rate where none is asked for: its registration's (Method.learning_rate), or on a
+    built-in tiny model the offline recipe's for that method (Method.tiny_recipe where it has one)."""
+    recipe = offline_recipe(base.model_name, base.task, method)
+    return float(recipe.get("learning_rate", methods.get_method(method).learning_rate))
+
+
 def grid_specs(base: RunSpec, method_names: list[str], capacities: dict[str, list[int]] | list[int],
-               seeds: list[int], zero_shot: bool, learning_rates: list[float] | None = None) -> list[RunSpec]:
+               seeds: list[int], zero_shot: bool, learning_rates: list[float] | None = None,
+               method_rates: bool = False) -> list[RunSpec]:
     """The Train page's sweep form: like `sweep_specs`, with every capacity checked in the user's words and
     duplicates (the same experiment asked twice) dropped. `capacities`: per method, or one list for all."""
     if not method_names and not zero_shot:
@@ -68,7 +79,7 @@ def grid_specs(base: RunSpec, method_names: list[str], capacities: dict[str, lis
         if not lr > 0:
             raise ValueError(f"learning rates: each must be > 0, got {lr}")
     specs = sweep_specs(base, method_names, seeds, capacities={n: list(per[n]) for n in with_knob},
-                        zero_shot=zero_shot, learning_rates=learning_rates)
+                        zero_shot=zero_shot, learning_rates=learning_rates, method_rates=method_rates)
     return list({s.spec_hash(): s for s in specs}.values())
 
 
@@ -111,12 +122,13 @@ def check_model(spec: RunSpec) -> None:
 
 def count_parameters(spec: RunSpec) -> tuple[int, int]:
     """(trainable, total) parameters of `spec`'s method on its model, exact, without loading weights:
-    the method is applied to a shapes-only copy of the model (what `params` and the Train page show)."""
+    the method is applied to a shapes-only copy of the model (what `params` and the Train page show), or to
+    the model itself for a method whose initialisation reads the weights (Method.reads_weights)."""
     import_stack()
     from peftcompare.engine import models
     from peftcompare.engine.train import prepare_model
 
     spec = spec.resolved()
     models.check_model_name(spec.model_name)
-    loaded = models.load_model(spec.model_name, meta=True)
+    loaded = models.load_model(spec.model_name, meta=not methods.get_method(spec.method).reads_weights)
     return models.count_parameters(prepare_model(spec, loaded, total_steps=100))

@@ -13,6 +13,7 @@ import shutil
 import sqlite3
 import time
 import uuid
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,7 +22,7 @@ from peftcompare.core import methods
 from peftcompare.core.spec import RunSpec
 from peftcompare.service import procs
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 ACTIVE = ("queued", "running")
@@ -38,10 +39,20 @@ _COLUMNS = {  # name -> SQL type; JSON columns end in _json
     "total_steps": "INTEGER", "current_loss": "REAL", "eta_s": "REAL", "cancel_requested": "INTEGER DEFAULT 0",
     "precision": "TEXT", "device": "TEXT", "owner": "TEXT", "heartbeat": "REAL", "fast_paths_json": "TEXT",
     "world_size": "INTEGER", "pid_started": "INTEGER", "supervisor_pid": "INTEGER", "supervisor_started": "INTEGER",
+    # how the reported state was chosen (split, its size, the score there) and what the run was given
+    "best_epoch": "INTEGER", "selection_json": "TEXT", "budget_json": "TEXT", "train_flops": "REAL",
+    "model_fingerprint": "TEXT",
+    "stored_params": "INTEGER",  # tensor elements in the saved adapter (can differ from trainable_params)
+    # runs queued to train together in one process (engine/packing.py) share a pack id; PACK_ALONE marks a run
+    # queued with packing asked for that trains alone (its fast_paths say why)
+    "pack_id": "TEXT",
 }
 # columns added after schema 1: (version, column)
 _MIGRATIONS = [(2, "eval_runtime"), (2, "fast_paths_json"), (2, "world_size"), (3, "pid_started"),
-               (3, "supervisor_pid"), (3, "supervisor_started")]
+               (3, "supervisor_pid"), (3, "supervisor_started"), (4, "best_epoch"), (4, "selection_json"),
+               (4, "budget_json"), (4, "train_flops"), (4, "model_fingerprint"), (4, "stored_params"),
+               (5, "pack_id")]
+PACK_ALONE = "alone"
 STALE_ERROR = "the training process disappeared (killed, crashed or machine restart)"
 
 
@@ -115,6 +126,9 @@ class Store:
             conn.execute(f"CREATE TABLE IF NOT EXISTS runs ({cols})")
             conn.execute("CREATE TABLE IF NOT EXISTS steps (run_id TEXT NOT NULL, step INTEGER NOT NULL, "
                          "epoch REAL, loss REAL, learning_rate REAL, t REAL, PRIMARY KEY (run_id, step))")
+            # schema 4: every evaluated example's answer and score, one compressed JSON document per (run, split)
+            conn.execute("CREATE TABLE IF NOT EXISTS examples (run_id TEXT NOT NULL, split TEXT NOT NULL, "
+                         "n INTEGER, data BLOB NOT NULL, PRIMARY KEY (run_id, split))")
             conn.execute("CREATE INDEX IF NOT EXISTS runs_status ON runs(status, created_at)")
             conn.execute("CREATE INDEX IF NOT EXISTS runs_spec ON runs(spec_hash)")
             have = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
@@ -126,7 +140,7 @@ class Store:
 
     # -- runs ---------------------------------------------------------------------------------------
     def create_run(self, spec: RunSpec, status: str = "queued", owner: str | None = None,
-                   run_id: str | None = None, pid: int | None = None) -> str:
+                   run_id: str | None = None, pid: int | None = None, pack_id: str | None = None) -> str:
         """A new record; a run created as running gets its process in the same write (pid), so no reader
         ever sees a running run without an owner and takes it for an interrupted one."""
         spec = spec.resolved()
@@ -135,10 +149,10 @@ class Store:
         with self._conn(write=True) as conn:
             conn.execute(
                 "INSERT INTO runs (run_id, spec_hash, spec_json, task, method, capacity, seed, model_name, "
-                "status, created_at, owner, progress, cancel_requested, pid, pid_started, started_at) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,0,0,?,?,?)",
+                "status, created_at, owner, progress, cancel_requested, pid, pid_started, started_at, pack_id) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,0,0,?,?,?,?)",
                 (run_id, spec.spec_hash(), spec.to_json(), spec.task, spec.method, spec.capacity, spec.seed,
-                 spec.model_name, status, now, owner, pid, procs.start_ticks(pid), now if pid else None))
+                 spec.model_name, status, now, owner, pid, procs.start_ticks(pid), now if pid else None, pack_id))
         return run_id
 
     def update(self, run_id: str, **values: Any) -> None:
@@ -181,6 +195,22 @@ class Store:
                          (time.time(), pid, started, pid, started, time.time(), row[0]))
         return self.get(row[0])
 
+    def claim_pack(self, run: dict, pid: int | None = None) -> list[dict]:
+        """The claimed `run` and every other queued run of its pack, all moved to running under one worker
+        (in one write); [run] for a run without a pack."""
+        pack = run.get("pack_id")
+        if not pack or pack == PACK_ALONE:
+            return [run]
+        started = procs.start_ticks(pid)
+        with self._conn(write=True) as conn:
+            rows = conn.execute("SELECT run_id FROM runs WHERE status='queued' AND pack_id=? ORDER BY created_at, "
+                                "rowid", (pack,)).fetchall()
+            for (run_id,) in rows:
+                conn.execute("UPDATE runs SET status='running', started_at=?, pid=?, pid_started=?, supervisor_pid=?, "
+                             "supervisor_started=?, heartbeat=? WHERE run_id=? AND status='queued'",
+                             (time.time(), pid, started, pid, started, time.time(), run_id))
+        return [run] + [self.get(r[0]) for r in rows]
+
     def reconcile(self) -> list[str]:
         """Mark running runs whose process (and supervising worker) are gone as interrupted. Every listing
         calls this, so a `kill -9`-ed run never shows as running to the CLI, the pages or a sweep."""
@@ -212,6 +242,34 @@ class Store:
             return [dict(r) for r in conn.execute(
                 f"SELECT run_id, step, epoch, loss, learning_rate FROM steps WHERE run_id IN ({marks}) "
                 "ORDER BY run_id, step", ids)]
+
+    def put_examples(self, run_id: str, split: str, per_example: dict) -> None:
+        """Every evaluated example's answer and score (lists aligned on the examples, with their content
+        keys), zlib-compressed JSON: 872 SST-2 answers take a few kB."""
+        n = len(per_example.get("key") or [])
+        blob = zlib.compress(json.dumps(per_example, separators=(",", ":")).encode(), 6)
+        with self._conn(write=True) as conn:
+            conn.execute("INSERT OR REPLACE INTO examples VALUES (?,?,?,?)", (run_id, split, n, blob))
+
+    def examples(self, run_id: str, split: str = "validation") -> dict | None:
+        """The per-example answers `put_examples` stored, or None (a run from before schema 4, a failed run)."""
+        with self._conn() as conn:
+            row = conn.execute("SELECT data FROM examples WHERE run_id=? AND split=?", (run_id, split)).fetchone()
+        if row is None:
+            return None
+        try:
+            return json.loads(zlib.decompress(row[0]))
+        except (zlib.error, ValueError):
+            return None
+
+    def with_examples(self, run_ids: list[str], split: str = "validation") -> set[str]:
+        """Which of these runs have stored per-example answers."""
+        if not run_ids:
+            return set()
+        marks = ",".join("?" * len(run_ids))
+        with self._conn() as conn:
+            return {r[0] for r in conn.execute(f"SELECT run_id FROM examples WHERE split=? AND run_id IN ({marks})",
+                                               (split, *run_ids))}
 
     def get(self, run_id: str) -> dict | None:
         with self._conn() as conn:
@@ -268,6 +326,7 @@ class Store:
             raise ValueError(f"run {run_id} is {run['status']}: cancel it before deleting")
         with self._conn(write=True) as conn:
             conn.execute("DELETE FROM steps WHERE run_id=?", (run_id,))
+            conn.execute("DELETE FROM examples WHERE run_id=?", (run_id,))
             conn.execute("DELETE FROM runs WHERE run_id=?", (run_id,))
         shutil.rmtree(self.adapter_path(run_id), ignore_errors=True)
         for p in (self.log_path(run_id), self.spec_path(run_id)):
@@ -329,6 +388,7 @@ class Store:
         cols = ", ".join(row)
         with self._conn(write=True) as conn:
             conn.execute("DELETE FROM steps WHERE run_id=?", (run_id,))
+            conn.execute("DELETE FROM examples WHERE run_id=?", (run_id,))  # a replaced run's answers are not its
             conn.execute(f"INSERT OR REPLACE INTO runs ({cols}) VALUES ({','.join('?' * len(row))})",
                          tuple(row.values()))
             conn.executemany("INSERT OR REPLACE INTO steps VALUES (?,?,?,?,?,?)",

@@ -20,15 +20,15 @@ from pathlib import Path
 import streamlit as st
 
 from peftcompare.core import labels, methods, tasks
-from peftcompare.core.spec import RunSpec
+from peftcompare.core.spec import RunSpec, split_sizes
 from peftcompare.service import comparing, jobs, runs, system
 from peftcompare.service import policy as public
 from peftcompare.service.bundle import LIMITS, export_bundle, import_bundle
 from peftcompare.service.store import Store, dir_bytes, resolve_home
 
 OFFLINE_MODEL = "builtin:tiny-t5"
+PACK_SIZE = 4  # runs the sweep form's "Train together" packs into one training process
 UPLOAD_DIR = Path("results") / "uploads"
-REPO = Path(__file__).resolve().parents[2]
 PAGES = {  # page file -> (title, icon); app.py and st.page_link use the same table
     "pages/home.py": ("Home", ":material/home:"),
     "pages/train.py": ("Train", ":material/model_training:"),
@@ -190,6 +190,24 @@ def count_params(spec_json: str) -> tuple[int, int]:
 
 
 # -- sweeps and durations ---------------------------------------------------------------------------
+def method_choices(trainable: bool = False) -> list[str]:
+    """The Train page's method pickers: every method (or every one that trains), grouped by family in
+    METHOD_FAMILIES' order, so related methods sit together."""
+    return [m.name for ms in methods.by_family().values() for m in ms if m.trains or not trainable]
+
+
+def method_choice_label(name: str) -> str:
+    """'LoRA · additive low-rank': a picker's option, its family after the title."""
+    m = methods.get_method(name)
+    return f"{m.title} · {m.method_family}" if m.method_family else m.title
+
+
+def method_families_markdown() -> str:
+    """One line per family: its description and its methods' titles (the Train page's method guide)."""
+    return "\n".join(f"- **{family}**: {methods.METHOD_FAMILIES[family]} "
+                     f"({', '.join(m.title for m in ms)})" for family, ms in methods.by_family().items())
+
+
 def default_capacities(method: str, online: bool) -> tuple[int, ...]:
     """The capacities a sweep proposes for `method` (its own input on the Train page).
 
@@ -203,9 +221,26 @@ def default_capacities(method: str, online: bool) -> tuple[int, ...]:
 
 
 def grid_specs(base: RunSpec, method_names: list[str], capacities: dict[str, list[int]] | list[int],
-               seeds: list[int], zero_shot: bool, learning_rates: list[float] | None = None) -> list[RunSpec]:
+               seeds: list[int], zero_shot: bool, learning_rates: list[float] | None = None,
+               method_rates: bool = False) -> list[RunSpec]:
     """The sweep form's grid (service.runs.grid_specs: the same grid as `sweep`)."""
-    return runs.grid_specs(base, method_names, capacities, seeds, zero_shot, learning_rates)
+    return runs.grid_specs(base, method_names, capacities, seeds, zero_shot, learning_rates, method_rates)
+
+
+def parse_float_list(text: str, what: str) -> list[float]:
+    """'1e-4, 5e-4' -> [0.0001, 0.0005]; empty -> []; one-line ValueError in the user's words."""
+    out = []
+    for part in str(text).replace(";", ",").replace(" ", ",").split(","):
+        if not part.strip():
+            continue
+        try:
+            value = float(part)
+        except ValueError:
+            raise ValueError(f"{what}: expected numbers like 1e-4, 5e-4, got {part.strip()!r}") from None
+        if not value > 0 or value != value or value == float("inf"):
+            raise ValueError(f"{what}: each must be a positive number, got {part.strip()!r}")
+        out.append(value)
+    return list(dict.fromkeys(out))
 
 
 def parse_int_list(text: str, what: str) -> list[int]:
@@ -292,10 +327,17 @@ FALLBACK_BY_DEVICE = {
 
 
 def _eval_parts(run: dict) -> tuple[float, int]:
-    """(seconds, examples) of every evaluation pass of a run, as the run recorded them."""
+    """(seconds, examples) of every evaluation pass of a run, as the run recorded them: the selection split's
+    after each epoch, and the validation split's once at the end (a dev-selected run's evaluation, or the
+    original protocol's generate-and-parse pass), the part of eval_runtime the epochs do not hold."""
     epochs = [e for e in run.get("epochs") or [] if e.get("eval_seconds") is not None and e.get("eval_samples")]
     if epochs:  # per pass, as recorded by the training loop
-        return sum(e["eval_seconds"] for e in epochs), sum(e["eval_samples"] for e in epochs)
+        secs, n = sum(e["eval_seconds"] for e in epochs), sum(e["eval_samples"] for e in epochs)
+        metrics = run.get("metrics") or {}
+        if (any(e.get("eval_split") == "dev" for e in epochs) or "accuracy_generate" in metrics) \
+                and metrics.get("eval_samples") and run.get("eval_runtime") is not None:
+            secs, n = max(secs, run["eval_runtime"]), n + metrics["eval_samples"]
+        return secs, n
     n = (run.get("metrics") or {}).get("eval_samples")
     if n and run.get("eval_runtime") is not None:  # zero-shot: one pass
         return run["eval_runtime"], n * max(1, len(run.get("epochs") or []))
@@ -336,9 +378,20 @@ def run_seconds(spec: RunSpec, timing: Timing, online: bool) -> float | None:
     n_train = train_size(spec, online) if trains else 0
     if n_eval is None or n_train is None:
         return None
-    passes = spec.num_train_epochs if trains else 1
-    return (timing.startup_s + timing.train_s_per_example * n_train * spec.num_train_epochs * trains
-            + timing.eval_s_per_example * n_eval * passes)
+    if not trains:
+        return timing.startup_s + timing.eval_s_per_example * n_eval
+    rows = _split_rows(spec, "train", online)
+    n_train, n_dev = split_sizes(spec, rows if rows else max(n_train, 1) * 10)  # a file: plenty left for dev
+    # epochs scored on the dev split (or validation), then the validation split once at the end: the dev
+    # protocol's evaluation, or the original protocol's generate-and-parse pass where the model can generate
+    final = n_dev > 0 or (tasks.get_task(spec.task).scores_labels and model_family_guess(spec.model_name) != "encoder")
+    seen, passes = n_train * spec.num_train_epochs, spec.num_train_epochs  # a FLOPs budget: guessed so too
+    if spec.budget == "steps":  # the budget's examples, scored after each pass over the data and at its end
+        seen = spec.budget_value * spec.per_device_train_batch_size
+        passes = max(1, -(-int(seen) // max(1, n_train)))
+    train_s = spec.budget_value if spec.budget == "seconds" else timing.train_s_per_example * seen
+    scored = (n_dev or n_eval) * passes + (n_eval if final else 0)
+    return timing.startup_s + train_s + timing.eval_s_per_example * scored
 
 
 @dataclass(frozen=True)
@@ -401,7 +454,9 @@ def live_eta(run: dict, runs: list[dict], online: bool) -> float | None:
     if not run.get("total_steps") and trains:  # still loading: the whole run is ahead
         return run_seconds(spec, timing, online)
     train_left = run.get("eta_s") or 0.0
-    return train_left + max(0, passes_left) * per_pass + (1.0 if trains else 0.0)
+    # a dev-selected run scores the validation split once more at the end
+    final = timing.eval_s_per_example * (eval_size(spec, online) or 0) if trains and spec.selection == "dev" else 0.0
+    return train_left + max(0, passes_left) * per_pass + final + (1.0 if trains else 0.0)
 
 
 # a configuration training more than this share of the model's parameters is not parameter-efficient

@@ -1,0 +1,367 @@
+"""Packed training: several runs of a sweep, sharing one frozen base model, train in one pass over it.
+
+On two CPU cores a flan-t5-small LoRA step is mostly per-operator overhead at ~20 tokens an example: the
+matrices are too small to keep the cores busy. K runs that share the base model, the task, the data and the
+max lengths can stack their batches into one forward/backward through the frozen base instead, each run's
+adapter applied to its own rows:
+
+- LoRA (and rsLoRA, PiSSA, OLoRA: the same forward): every adapter lives in one PEFT model (`add_adapter`),
+  and each adapted Linear adds, for each run's block of rows, that run's B(A(dropout(x))) * scaling. The
+  base matmul runs once for all K batches.
+- Prompt tuning: each run's virtual tokens are prepended to its own rows; shorter prompts are padded on the
+  LEFT with masked positions, so the distance between a prompt token and a text token is what it is alone
+  (T5's attention bias is relative: the encoder sees exactly the solo run's arrangement).
+
+Each run keeps its own data order and subsample (its seed), its own initialisation (drawn under its own seed
+before its adapter exists, as a solo run draws it), its own loss (the mean over its own target tokens: the
+sum of the K losses gives every adapter exactly the gradient it gets alone), gradient clipping, optimizer and
+schedule. Dropout: every row gets its own mask from the shared stream; with dropout active a packed run is a
+different (equally valid) draw than the run alone, without dropout it equals the run alone up to the rounding
+of bigger matmuls (tests/test_packing.py: fp32 to 1e-5).
+"""
+from __future__ import annotations
+
+import types
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from peftcompare.core.methods import PACK_LORA
+from peftcompare.engine.families.base import IGNORE_INDEX, pad_rows
+
+
+@dataclass(frozen=True)
+class Block:
+    """Rows start:stop of a packed batch belong to run `name` (stop None: to the end of the batch)."""
+    name: str
+    start: int
+    stop: int | None
+
+
+class Layout:
+    """Which rows belong to which run, read by every patched layer during one forward pass."""
+
+    def __init__(self) -> None:
+        self.blocks: list[Block] = []
+
+    @contextmanager
+    def rows(self, blocks: list[Block]):
+        saved, self.blocks = self.blocks, blocks
+        try:
+            yield
+        finally:
+            self.blocks = saved
+
+    def only(self, name: str):
+        """Every row of the batch belongs to `name` (one run evaluated on its own)."""
+        return self.rows([Block(name, 0, None)])
+
+
+# -- LoRA: per-block adapters in every adapted Linear ----------------------------------------------------
+def _lora_forward(layout: Layout):
+    def forward(self, x, *args, **kwargs):
+        result = self.base_layer(x, *args, **kwargs)
+        if not layout.blocks:
+            raise RuntimeError("packed LoRA layer called outside a row layout")
+        if _stackable(layout.blocks, x):
+            return _lora_stacked(self, layout.blocks, x, result)
+        parts = []
+        for b in layout.blocks:
+            xs, rs = x[b.start:b.stop], result[b.start:b.stop]
+            a, up = self.lora_A[b.name], self.lora_B[b.name]
+            xs = self._cast_input_dtype(xs, a.weight.dtype)  # as PEFT's own forward (fastops may turn it off)
+            parts.append(rs + up(a(self.lora_dropout[b.name](xs))) * self.scaling[b.name])
+        out = parts[0] if len(parts) == 1 else torch.cat(parts, 0)
+        return out.to(result.dtype)
+    return forward
+
+
+def _stackable(blocks: list[Block], x: torch.Tensor) -> bool:
+    """Blocks of one size that tile the batch: their LoRA products go through one batched matmul pair."""
+    if len(blocks) < 2:
+        return False
+    n = blocks[0].stop - blocks[0].start if blocks[0].stop is not None else None
+    return (n is not None and all(b.start == i * n and b.stop == (i + 1) * n for i, b in enumerate(blocks))
+            and len(blocks) * n == x.shape[0])
+
+
+def _lora_stacked(self, blocks: list[Block], x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+    """Every run's LoRA update in two batched matmuls: the runs' A and B stacked (ranks zero-padded to the
+    largest, which adds exact zeros), x viewed as [runs, rows x tokens, in]. The same products as one run's
+    B(A(x)) each; 2 operations instead of 2 per run, which is what a CPU step is short of.
+    Dropout is one call over the whole batch: every row still gets a mask of its own."""
+    names = [b.name for b in blocks]
+    k = len(names)
+    ranks = [self.lora_A[n].weight.shape[0] for n in names]
+    r = max(ranks)
+    a = torch.stack([F.pad(self.lora_A[n].weight.t(), (0, r - rk)) for n, rk in zip(names, ranks)])  # [k, in, r]
+    b = torch.stack([F.pad(self.lora_B[n].weight.t(), (0, 0, 0, r - rk)) for n, rk in zip(names, ranks)])  # [k, r, out]
+    scale = torch.tensor([self.scaling[n] for n in names], dtype=result.dtype, device=result.device)
+    xs = self._cast_input_dtype(self.lora_dropout[names[0]](x), a.dtype)
+    xs = xs.reshape(k, -1, xs.shape[-1])
+    delta = torch.bmm(torch.bmm(xs, a), b) * scale.view(k, 1, 1)
+    return (result + delta.reshape(result.shape).to(result.dtype)).to(result.dtype)
+
+
+def lora_layers(model) -> list:
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    return [m for m in model.modules() if isinstance(m, LoraLinear)]
+
+
+def patch_lora(model, layout: Layout) -> list:
+    """Route every PEFT LoRA Linear of `model` through `layout`; returns the patched layers (unpatch_lora)."""
+    layers = lora_layers(model)
+    for layer in layers:
+        if any(layer.lora_variant.get(n) for n in layer.lora_A):  # DoRA & co. have a forward of their own
+            raise ValueError("method: this LoRA variant cannot be packed")
+        layer.forward = types.MethodType(_lora_forward(layout), layer)
+    return layers
+
+
+def unpatch_lora(layers: list) -> None:
+    for layer in layers:
+        layer.__dict__.pop("forward", None)
+
+
+# -- prompt tuning: per-row virtual tokens ----------------------------------------------------------------
+def prompt_inputs(embed, prompts: list[torch.Tensor], input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  blocks: list[Block]) -> tuple[torch.Tensor, torch.Tensor]:
+    """inputs_embeds and attention_mask for an encoder whose rows each start with their run's prompt.
+
+    prompts[k] ([n_k, d]) belongs to blocks[k]. Prompts shorter than the longest are left-padded with masked
+    zeros, so each row reads [padding][its prompt][its text][padding]: relative positions inside the real
+    tokens are the solo run's."""
+    width = max(p.shape[0] for p in prompts)
+    tokens = embed(input_ids)
+    rows = []
+    masks = []
+    for p, b in zip(prompts, blocks):
+        n = b.stop - b.start if b.stop is not None else tokens.shape[0] - b.start
+        pad = width - p.shape[0]
+        pre = torch.cat([p.new_zeros(pad, p.shape[1]), p.to(tokens.dtype)], 0).unsqueeze(0).expand(n, -1, -1)
+        rows.append(torch.cat([pre, tokens[b.start:b.stop]], 1))
+        m = attention_mask.new_zeros(n, width)
+        m[:, pad:] = 1
+        masks.append(torch.cat([m, attention_mask[b.start:b.stop]], 1))
+    return torch.cat(rows, 0), torch.cat(masks, 0)
+
+
+# -- batches and losses -----------------------------------------------------------------------------------
+def stack(collated: list[dict], pad_token_id: int) -> tuple[dict, list[Block], list[str]]:
+    """One batch from K collated batches (each padded to its own lengths), re-padded to common lengths.
+    Returns the batch, the blocks (in the order given) and the keys stacked."""
+    out, blocks, start = {}, [], 0
+    for i, c in enumerate(collated):
+        n = c["input_ids"].shape[0]
+        blocks.append(Block(str(i), start, start + n))
+        start += n
+    fill = {"input_ids": pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX, "decoder_input_ids": pad_token_id,
+            "decoder_attention_mask": 0}
+    for key in collated[0]:
+        rows = [r.tolist() for c in collated for r in c[key]]
+        out[key] = pad_rows(rows, fill.get(key, 0))
+    return out, blocks, list(out)
+
+
+def per_block_loss(logits: torch.Tensor, labels: torch.Tensor, blocks: list[Block]) -> list[torch.Tensor]:
+    """Each block's mean cross-entropy over its own target tokens (what the model's loss is for that batch
+    alone); padding and prompt positions (-100) are left out."""
+    losses = []
+    for b in blocks:
+        lg, lb = logits[b.start:b.stop], labels[b.start:b.stop]
+        losses.append(F.cross_entropy(lg.reshape(-1, lg.shape[-1]).float(), lb.reshape(-1),
+                                      ignore_index=IGNORE_INDEX))
+    return losses
+
+
+# -- a pack, trained ---------------------------------------------------------------------------------------
+@dataclass
+class _Member:
+    """One run inside a pack."""
+    s: object  # train.Session
+    name: str  # its adapter's name in the shared model (LoRA) / its block name
+    model: object = None  # what scores it: the shared LoRA model, or its own prompt-tuning PeftModel
+    params: list = None
+    optimizer: object = None
+    scheduler: object = None
+    progress: object = None  # train.Progress
+    batches: list = None
+    outcome: object = None  # None while it trains; then its record, or the exception that ended it
+
+
+def run_pack(specs: list, reporters: list) -> list:
+    """Train `specs` (one pack_key) together on one base model; returns, per run, its record or the exception
+    that ended it (train.Cancelled, or its failure). One run cancelled or failing leaves the others running."""
+    from peftcompare.core import methods, packs
+    from peftcompare.engine import models, train
+
+    specs = [s.resolved() for s in specs]
+    keys = {packs.pack_key(s) for s in specs}
+    if len(keys) != 1 or None in keys:
+        raise ValueError("pack: these runs cannot train together (different data, model, budget or method kind)")
+    kind = methods.get_method(specs[0].method).pack
+    loaded = models.load_model(specs[0].model_name)
+    members = []
+    for k, (spec, reporter) in enumerate(zip(specs, reporters)):
+        m = _Member(None, f"run{k}")
+        try:
+            m.s = train.open_session(spec, reporter, loaded=loaded)
+            train.plan_steps(m.s)
+        except BaseException as exc:  # noqa: BLE001 - this run's data or model failed; the others go on
+            m.outcome = exc
+        members.append(m)
+    live = [m for m in members if m.outcome is None]
+    if not live:
+        return [m.outcome for m in members]
+    pack = _Pack(kind, loaded, live)
+    pack.apply_methods()
+    for m in pack.members:
+        m.s.fast["packed"] = {"kind": kind, "runs": len(pack.members),
+                              "with": [o.s.reporter.run_id for o in pack.members if o is not m]}
+        train.ready(m.s)
+    pack.train()
+    pack.finish()
+    return [m.outcome for m in members]
+
+
+class _Pack:
+    def __init__(self, kind: str, loaded, members: list[_Member]):
+        self.kind, self.loaded, self.members = kind, loaded, members
+        self.layout = Layout()
+        self.shared = None  # the LoRA pack's one PEFT model
+        first = members[0].s
+        self.device, self.dtype, self.family = first.device, first.dtype, first.family
+
+    # -- set-up ------------------------------------------------------------------------------------------
+    def apply_methods(self) -> None:
+        """Each run's adapter drawn under its own seed (as train._apply_method draws it), its counts measured
+        on a shapes-only copy holding its adapter alone, its optimizer over its own tensors."""
+        from peft import get_peft_model
+
+        from peftcompare.engine import fastops, models, train
+
+        for p in self.loaded.model.parameters():
+            p.requires_grad_(False)
+        for m in self.members:
+            s = m.s
+            s.method.check_family(self.family.name, s.spec.model_name)
+            torch.manual_seed(s.spec.seed)
+            if self.kind == PACK_LORA:
+                config = s.method.make_config(s.spec, self.loaded.model, self.loaded.tokenizer, self.family,
+                                              total_steps=s.total_steps)
+                if self.shared is None:
+                    self.shared = get_peft_model(self.loaded.model, config, adapter_name=m.name)
+                else:
+                    self.shared.add_adapter(m.name, config)
+                m.model, s.adapter_name = self.shared, m.name
+            else:
+                m.model = train.prepare_model(s.spec, self.loaded, s.total_steps)  # a PeftModel over the shared base
+            meta = models.load_model(s.spec.model_name, meta=True)
+            train.measure(s, train.prepare_model(s.spec, meta, total_steps=s.total_steps))
+        if self.shared is not None:
+            fastops.swap_dropout(self.shared)  # LoRA's own dropout too, as prepare_model does
+            patch_lora(self.shared, self.layout)
+        for m in self.members:
+            m.params = self._params(m)
+            for p in m.params:
+                p.requires_grad_(True)
+            m.model.to(self.device)
+            m.s.model = m.model
+            m.optimizer, m.scheduler = train.make_optimizer(m.s, m.params)
+            m.progress = train.Progress(m.s, m.model, m.scheduler, state=lambda model, m=m: self._state(m))
+
+    def _params(self, m: _Member) -> list:
+        if self.kind == PACK_LORA:
+            return [p for n, p in self.shared.named_parameters() if f".{m.name}." in n]
+        return [p for p in m.model.prompt_encoder.parameters()]
+
+    def _state(self, m: _Member) -> dict:
+        if self.kind == PACK_LORA:
+            return {n: p.detach().clone() for n, p in self.shared.named_parameters() if f".{m.name}." in n}
+        return {n: p.detach().clone() for n, p in m.model.named_parameters() if p.requires_grad}
+
+    def _alone(self, m: _Member):
+        """The shared model answering as run m alone (its adapter on every row)."""
+        return self.layout.only(m.name) if self.kind == PACK_LORA else nullcontext()
+
+    # -- training ----------------------------------------------------------------------------------------
+    def train(self) -> None:
+        epochs = self.members[0].s.spec.num_train_epochs
+        steps = self.members[0].s.steps_per_epoch
+        for _ in range(epochs):
+            live = self._live()
+            if not live:
+                return
+            for m in live:
+                m.model.train()
+                m.batches = m.progress.epoch_batches()
+                m.progress.begin_epoch()
+            for i in range(steps):
+                live = self._live()
+                if not live:
+                    break
+                self._step(live, i, last=i == steps - 1)
+            for m in self._live():
+                self._guard(m, m.progress.pause)
+            for m in self._live():
+                with self._alone(m):
+                    self._guard(m, m.progress.end_epoch)
+
+    def _live(self) -> list[_Member]:
+        return [m for m in self.members if m.outcome is None]
+
+    def _guard(self, m: _Member, fn) -> None:
+        """Run one member's bookkeeping; whatever ends it (a cancel, a failure) ends it alone."""
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - recorded as this run's outcome
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            m.outcome = exc
+            try:
+                m.s.clock.pause()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def _step(self, live: list[_Member], i: int, last: bool) -> None:
+        """One optimizer step of every live run, through one forward/backward of the frozen base."""
+        from peftcompare.engine import evaluate as eval_mod
+
+        tok = self.loaded.tokenizer
+        collated = [self.family.collate([m.s.train_feats[j] for j in m.batches[i]], tok) for m in live]
+        batch, blocks, _ = stack(collated, tok.pad_token_id)
+        blocks = [Block(m.name, b.start, b.stop) for m, b in zip(live, blocks)]
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        with eval_mod.autocast(self.device, self.dtype):
+            if self.kind == PACK_LORA:
+                with self.layout.rows(blocks):
+                    logits = self.shared(**batch).logits
+            else:
+                prompts = [m.model.get_prompt(batch_size=1)[0] for m in live]
+                embeds, mask = prompt_inputs(self.loaded.model.get_input_embeddings(), prompts, batch["input_ids"],
+                                             batch["attention_mask"], blocks)
+                logits = self.loaded.model(inputs_embeds=embeds, attention_mask=mask, labels=batch["labels"]).logits
+        losses = per_block_loss(logits, batch["labels"], blocks)
+        torch.stack(losses).sum().backward()
+        for m, loss in zip(live, losses):
+            torch.nn.utils.clip_grad_norm_(m.params, 1.0)
+            m.optimizer.step()
+            m.scheduler.step()
+            m.optimizer.zero_grad(set_to_none=True)
+            self._guard(m, lambda m=m, loss=loss: m.progress.account(m.batches[i], loss, last=last))
+
+    # -- the end -----------------------------------------------------------------------------------------
+    def finish(self) -> None:
+        from peftcompare.engine import train
+
+        for m in self._live():
+            with self._alone(m):
+                try:
+                    m.outcome = train.finish(m.s, m.progress.conclude())
+                except BaseException as exc:  # noqa: BLE001 - this run's failure; the others finish
+                    if isinstance(exc, KeyboardInterrupt):
+                        raise
+                    m.outcome = exc
