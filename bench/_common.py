@@ -96,6 +96,20 @@ class PeakRSS:
         self.peak = max(self.peak, rss_mb())
 
 
+class Quiet:
+    """A run reporter (engine.reporting's protocol) that keeps nothing and says nothing: benchmarks drive the
+    training loop's own pieces without a store or log lines."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+
+    def __getattr__(self, name):
+        return lambda *a, **k: None
+
+    def cancel_requested(self) -> bool:
+        return False
+
+
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         import torch

@@ -39,6 +39,15 @@ def synthetic(n: int, mean: int, vocab: int, seed: int) -> list[list[int]]:
             for _ in range(n)]
 
 
+def synthetic_feats(task_key: str, n: int, vocab: int) -> list[dict]:
+    """n training examples of the task's realistic lengths (sources, and labels or summaries)."""
+    task, src_len, tgt_len, _ = TASKS[task_key]
+    sources = synthetic(n, src_len, vocab, 1)
+    targets = synthetic(n, tgt_len, vocab, 2) if task == "summarization" else \
+        [[random.Random(i).choice([230, 231]), 1] for i in range(n)]
+    return [{"input_ids": s, "labels": t} for s, t in zip(sources, targets)]
+
+
 def measure(model_name: str, method: str, capacity: int, task_key: str, steps: int, warmup: int,
             device: str) -> dict:
     import torch
@@ -57,10 +66,7 @@ def measure(model_name: str, method: str, capacity: int, task_key: str, steps: i
     load_s = time.perf_counter() - t0
     vocab = min(len(loaded.tokenizer), loaded.model.config.vocab_size)
     n = (warmup + steps) * BATCH
-    sources = synthetic(n, src_len, vocab, 1)
-    targets = synthetic(n, tgt_len, vocab, 2) if task == "summarization" else \
-        [[random.Random(i).choice([230, 231]), 1] for i in range(n)]
-    feats = [{"input_ids": s, "labels": t} for s, t in zip(sources, targets)]
+    feats = synthetic_feats(task_key, n, vocab)
     model = train.prepare_model(spec, loaded, total_steps=100).to(device)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=spec.learning_rate)
     lengths = [len(f["input_ids"]) + len(f["labels"]) for f in feats]
@@ -110,19 +116,6 @@ def measure(model_name: str, method: str, capacity: int, task_key: str, steps: i
             "expected_new_tokens": expected_new if task != "classification" else None, "load_s": load_s}
 
 
-class _Quiet:
-    """A reporter that keeps nothing and says nothing."""
-
-    def __init__(self, run_id: str):
-        self.run_id = run_id
-
-    def __getattr__(self, name):
-        return lambda *a, **k: None
-
-    def cancel_requested(self) -> bool:
-        return False
-
-
 def measure_packed(model_name: str, method: str, caps: tuple, task_key: str, steps: int, warmup: int,
                    device: str) -> float:
     """Seconds per training step of the method's whole capacity grid trained as one pack (engine/packing.py),
@@ -135,16 +128,13 @@ def measure_packed(model_name: str, method: str, caps: tuple, task_key: str, ste
     loaded = models.load_model(model_name)
     vocab = min(len(loaded.tokenizer), loaded.model.config.vocab_size)
     n = (warmup + steps) * BATCH
-    sources = synthetic(n, src_len, vocab, 1)
-    targets = synthetic(n, tgt_len, vocab, 2) if task == "summarization" else \
-        [[random.Random(i).choice([230, 231]), 1] for i in range(n)]
-    feats = [{"input_ids": s, "labels": t} for s, t in zip(sources, targets)]
+    feats = synthetic_feats(task_key, n, vocab)
     members = []
     for k, cap in enumerate(caps):
         spec = RunSpec(task=task, method=method, capacity=cap, model_name=model_name, selection="validation",
                        per_device_train_batch_size=BATCH, per_device_eval_batch_size=BATCH, train_samples=n,
                        eval_samples=8).resolved()
-        m = packing._Member(train.open_session(spec, _Quiet(f"grid-{k}"), loaded=loaded), f"run{k}")
+        m = packing._Member(train.open_session(spec, C.Quiet(f"grid-{k}"), loaded=loaded), f"run{k}")
         m.s.train_feats = feats  # the synthetic batches, as `measure` times them
         train.plan_steps(m.s)
         members.append(m)

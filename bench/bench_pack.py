@@ -37,19 +37,6 @@ SWEEPS = {
 }
 
 
-class Quiet:
-    """A reporter that keeps nothing and says nothing (engine.reporting's protocol)."""
-
-    def __init__(self, run_id: str):
-        self.run_id = run_id
-
-    def __getattr__(self, name):
-        return lambda *a, **k: None
-
-    def cancel_requested(self) -> bool:
-        return False
-
-
 def spec_for(args, method: str, capacity: int, seed: int):
     from peftcompare.core.spec import RunSpec
 
@@ -67,7 +54,7 @@ def sequential(args, runs) -> dict:
     times, flops = [], 0
     with C.PeakRSS() as mem:
         for method, capacity, seed in runs:
-            s = train.setup(spec_for(args, method, capacity, seed), Quiet(f"{method}-{capacity}-{seed}"))
+            s = train.setup(spec_for(args, method, capacity, seed), C.Quiet(f"{method}-{capacity}-{seed}"))
             model, optimizer, scheduler = train._optimizer(s)
             run = train.Progress(s, model, scheduler)
             model.train()
@@ -102,7 +89,7 @@ def packed(args, runs) -> dict:
         loaded = models.load_model(specs[0].model_name)
         members = []
         for k, spec in enumerate(specs):
-            m = packing._Member(train.open_session(spec, Quiet(f"pack-{k}"), loaded=loaded), f"run{k}")
+            m = packing._Member(train.open_session(spec, C.Quiet(f"pack-{k}"), loaded=loaded), f"run{k}")
             train.plan_steps(m.s)
             members.append(m)
         pack = packing._Pack(methods.get_method(specs[0].method).pack, loaded, members)

@@ -20,15 +20,15 @@ online = ui.hub_online()
 st.title("Presets")
 st.caption("Each preset queues every run of a published experiment. "
            + ("With the Hub online they run on the named models." if online else
-              "The Hub is offline: each preset runs on the built-in tiny model of its family, every other "
-              "setting unchanged."))
+              "The Hub is offline: each preset runs on the built-in tiny model of its family, with that model's "
+              "recipe (learning rate, epochs, training examples); methods and capacities are the preset's."))
 
 st.radio("Preset", list(presets.PRESETS), key="ps_name", horizontal=True,
          format_func=lambda n: presets.PRESETS[n].title)
 p = presets.get_preset(st.session_state["ps_name"])
 st.subheader(p.title)
 st.write(p.description)
-st.dataframe(pd.DataFrame(presets.method_rows(p.name)), hide_index=True, key="ps_methods", placeholder="—",
+st.dataframe(pd.DataFrame(presets.method_rows(p.name, offline=not online)), hide_index=True, key="ps_methods", placeholder="—",
              column_config={k: st.column_config.TextColumn(v) for k, v in presets.METHOD_ROW_LABELS.items()})
 models_line = ", ".join(f"`{m}`" for m in p.models) if online else f"`{p.offline_model}` (offline)"
 st.markdown(f"**Model** {models_line} · **Data** {', '.join(p.datasets)} · **Views** "

@@ -66,9 +66,12 @@ st.title("Train")
 if not ui.can("train"):
     st.info("Training is turned off on this public instance. Browse the stored adapters and curves instead.")
 if not online:
-    st.caption(f"Offline: `{ui.OFFLINE_MODEL}` and the bundled sample data are the defaults. The tiny model "
-               "starts from random weights, so the form proposes learning rate 1e-2 and 10 epochs over the "
-               "whole sample; the estimate below the form says how long that takes on this machine.")
+    _r = OFFLINE_RECIPE
+    st.caption(f"Offline: `{ui.OFFLINE_MODEL}` and the bundled sample data are the defaults. The tiny model has "
+               "a few hundred thousand weights (pretrained on generated text, never on movie reviews), so the "
+               f"form proposes learning rate {_r['learning_rate']:g}, {_r['num_train_epochs']} epochs and "
+               f"{_r['train_samples']} training examples; the estimate below the form says how long that takes "
+               "on this machine.")
 
 # -- the form ---------------------------------------------------------------------------------------
 c1, c2, c3 = st.columns(3)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from peftcompare.service import significance, stats
-from peftcompare.service.store import Store
+from peftcompare.service.store import SCHEMA_VERSION, Store
 from pipeline_helpers import cli, run_in_process, tiny_spec
 
 EVAL = 32
@@ -146,7 +146,7 @@ def test_a_store_from_before_per_example_answers_opens_and_reads(tmp_path):
         conn.execute("PRAGMA user_version=3")
     reopened = Store(tmp_path)
     with sqlite3.connect(store.db_path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION  # migrated to today's
     run = reopened.get("old-run")
     assert run["spec"].selection == "validation" and run["spec"].spec_hash() == spec.spec_hash()
     assert analysis.selected_on(run) == "validation" and reopened.examples("old-run") is None

@@ -176,14 +176,16 @@ def epoch_frame(runs: list[dict]):
 PROBLEM_STATUSES = ("failed", "cancelled", "interrupted")
 
 
-def method_rows(name: str) -> list[dict]:
-    """The preset's methods as table rows; None where a method has no capacity knob (shown as a dash)."""
+def method_rows(name: str, offline: bool = False) -> list[dict]:
+    """The preset's methods as table rows; None where a method has no capacity knob (shown as a dash). The
+    learning rate is the one its runs will train at (offline: the tiny model's recipe)."""
+    rates = {s.method: s.learning_rate for s in preset_specs(name, offline, quick=False)}
     rows = []
     for method, caps in get_preset(name).methods:
         m = methods.get_method(method)
         rows.append({"method": m.title, "knob": m.capacity_name,
                      "capacities": ", ".join(map(str, caps)) if caps else None,
-                     "learning_rate": (f"{m.learning_rate:g}" if m.trains else None)})
+                     "learning_rate": (f"{rates.get(method, m.learning_rate):g}" if m.trains else None)})
     return rows
 
 
