@@ -12,9 +12,12 @@ one evaluation batch); capacities in between are interpolated linearly. A random
 EOS, so generation is timed twice with a fixed number of new tokens: the full 128 (an upper bound: no
 trained model fills it) and the longest reference summary of the batch plus EOS (the expected case: a
 fine-tuned model stops near its reference's length, and a greedy batch runs until its longest row stops).
-The estimate uses the expected case; the upper bound is printed beside it.
+The estimate uses the expected case; the upper bound is printed beside it. Three selection protocols are
+estimated from the same measurements (PROTOCOLS below): the published experiments' (validation after every
+epoch, the "hours" of the JSON, comparable with earlier figures), the product's default (a dev split after
+every epoch, validation once) and selection_metric=loss (dev loss after every epoch, validation once).
 
-    python bench/bench_grid.py [--quick] [--device cuda]
+    python bench/bench_grid.py [--quick] [--pack] [--device cuda]
 """
 from __future__ import annotations
 
@@ -112,7 +115,20 @@ def measure(model_name: str, method: str, capacity: int, task_key: str, steps: i
             C.sync(device)
             timings[new_tokens] = time.perf_counter() - t
     upper = timings[MAX_NEW]
-    return {"train_step_s": train_s, "eval_batch_s": timings.get(expected_new, upper), "eval_batch_upper_s": upper,
+    # one dev-loss batch (selection_metric=loss): a forward on the references, no generation
+    loss_rows = [{"input_ids": s, "labels": t} for s, t in zip(synthetic(eb, src_len, vocab, 5),
+                                                                synthetic(eb, tgt_len, vocab, 6))]
+    with torch.no_grad():
+        batch = {k2: v.to(device) for k2, v in loaded.family.collate(loss_rows, loaded.tokenizer).items()}
+        for k in range(2):  # the first is a warm-up
+            C.sync(device)
+            t = time.perf_counter()
+            with eval_mod.autocast(device, dtype):
+                model(**batch).loss.item()
+            C.sync(device)
+            loss_s = time.perf_counter() - t
+    return {"train_step_s": train_s, "loss_batch_s": loss_s,
+            "eval_batch_s": timings.get(expected_new, upper), "eval_batch_upper_s": upper,
             "expected_new_tokens": expected_new if task != "classification" else None, "load_s": load_s}
 
 
@@ -154,12 +170,37 @@ def measure_packed(model_name: str, method: str, caps: tuple, task_key: str, ste
     return (time.perf_counter() - t0) / steps
 
 
+def packs_together(method: str, caps: tuple) -> bool:
+    """Whether `sweep --pack 4` trains the method's capacity grid as one pack (core/packs.plan_packs): LoRA's
+    ranks do; prompt tuning's lengths train alone (every row padded to the longest costs more than it saves)."""
+    from peftcompare.core import packs
+    from peftcompare.core.spec import RunSpec
+
+    specs = [RunSpec(method=method, capacity=c, model_name="builtin:random-flan-t5-small") for c in caps]
+    return len(packs.plan_packs(specs, len(specs))) == 1
+
+
+# how the best epoch is chosen (core/spec.py: selection, selection_metric): what is evaluated after each epoch
+# and at the end. "original": the published experiments' protocol, the validation split scored after every epoch;
+# "dev": the product's default, a dev split (10 % of the training examples, at least 100) scored after every
+# epoch and validation once on the chosen state; "dev-loss": the dev split's loss after every epoch (a forward,
+# no generation) and validation once
+PROTOCOLS = ("original", "dev", "dev-loss")
+DEV_EXAMPLES = max(100, TRAIN_EXAMPLES // 10)
+
+
 def run_seconds(m: dict, task_key: str) -> dict:
+    """One run's seconds: training, loading, and evaluation under each protocol (expected and upper bound)."""
+    batches = lambda n: -(-n // EVAL_BATCH)  # noqa: E731
     n_val = TASKS[task_key][3]
     steps = EPOCHS * -(-TRAIN_EXAMPLES // BATCH)
-    evals = EPOCHS * -(-n_val // EVAL_BATCH)
-    return {"train": steps * m["train_step_s"], "eval": evals * m["eval_batch_s"], "load": m["load_s"],
-            "eval_upper": evals * m["eval_batch_upper_s"]}
+    out = {"train": steps * m["train_step_s"], "load": m["load_s"]}
+    for key, per_batch in (("eval", m["eval_batch_s"]), ("eval_upper", m["eval_batch_upper_s"])):
+        final = batches(n_val) * per_batch
+        out[key] = {"original": EPOCHS * final,
+                    "dev": EPOCHS * batches(DEV_EXAMPLES) * per_batch + final,
+                    "dev-loss": EPOCHS * batches(DEV_EXAMPLES) * m["loss_batch_s"] + final}
+    return out
 
 
 def _interp(measured: dict, method: str, task_key: str, probe: tuple, cap: int) -> float:
@@ -177,8 +218,9 @@ def main(argv=None) -> dict:
     p.add_argument("--json", default=None)
     p.add_argument("--eval_batch", type=int, default=BATCH, help="evaluation batch (the spec's "
                    "per_device_eval_batch_size; 16 is the reference)")
-    p.add_argument("--pack", action="store_true", help="train each packable method's capacities together "
-                   "(sweep --pack 4): its grid's training time is the packed step's, evaluation stays per run")
+    p.add_argument("--pack", action="store_true", help="train each method's capacities together where "
+                   "sweep --pack 4 would (LoRA's ranks): its grid's training time is the packed step's, "
+                   "evaluation stays per run")
     C.device_arg(p)
     a = p.parse_args(argv)
     global EVAL_BATCH
@@ -193,10 +235,20 @@ def main(argv=None) -> dict:
     if device == "cpu":
         runtime.configure_cpu()
     print(f"bench_grid: {a.model_name} on {device}; grid {len(METHODS)} methods x 4 capacities x 2 tasks, "
-          f"{TRAIN_EXAMPLES} examples x {EPOCHS} epochs, eval batch {EVAL_BATCH}, eval every epoch (SST-2 872, SAMSum 818 x {MAX_NEW} "
-          "tokens)", flush=True)
-    rows, total, per_task, upper_total = [], 0.0, {}, 0.0
+          f"{TRAIN_EXAMPLES} examples x {EPOCHS} epochs, eval batch {EVAL_BATCH}; protocols: original (validation "
+          f"after every epoch: SST-2 872, SAMSum 818 x up to {MAX_NEW} tokens), dev ({DEV_EXAMPLES} dev examples "
+          "after every epoch, validation once), dev-loss (dev loss after every epoch, validation once)", flush=True)
+    rows = []
+    zero = lambda: {k: 0.0 for k in PROTOCOLS}  # noqa: E731
+    total, upper_total, per_task = zero(), zero(), {t: zero() for t in TASKS}
     measured = {}
+
+    def add(task_key: str, secs: float, upper: float | None = None, protocol: str | None = None) -> None:
+        for k in ([protocol] if protocol else PROTOCOLS):
+            total[k] += secs
+            upper_total[k] += secs if upper is None else upper
+            per_task[task_key][k] += secs
+
     for method in METHODS:
         caps = methods.get_method(method).capacities
         probe = (caps[0],) if a.quick else (caps[0], caps[-1])
@@ -207,40 +259,42 @@ def main(argv=None) -> dict:
                 gen = (f" ({m['expected_new_tokens']} new tokens; {m['eval_batch_upper_s']:.3f} s at {MAX_NEW})"
                        if m["expected_new_tokens"] else "")
                 print(f"  {method} {cap} {task_key}: {m['train_step_s']:.3f} s/step, "
-                      f"{m['eval_batch_s']:.3f} s/eval batch{gen}", flush=True)
+                      f"{m['eval_batch_s']:.3f} s/eval batch{gen}, {m['loss_batch_s']:.3f} s/loss batch", flush=True)
             for cap in caps:
                 lo, hi = probe[0], probe[-1]
                 w = 0.0 if hi == lo else (cap - lo) / (hi - lo)
                 est = {k: (1 - w) * measured[(method, task_key, lo)][k] + w * measured[(method, task_key, hi)][k]
-                       for k in ("train_step_s", "eval_batch_s", "eval_batch_upper_s", "load_s")}
+                       for k in ("train_step_s", "loss_batch_s", "eval_batch_s", "eval_batch_upper_s", "load_s")}
                 secs = run_seconds(est, task_key)
-                run_total = secs["train"] + secs["eval"] + secs["load"]
-                upper_total += secs["train"] + secs["eval_upper"] + secs["load"]
-                total += run_total
-                per_task[task_key] = per_task.get(task_key, 0.0) + run_total
-                rows.append([method, cap, task_key, f"{secs['train'] / 60:.1f}", f"{secs['eval'] / 60:.1f}",
-                             f"{run_total / 60:.1f}"])
-            if a.pack and methods.get_method(method).pack:
+                add(task_key, secs["train"] + secs["load"])
+                for k in PROTOCOLS:
+                    add(task_key, secs["eval"][k], secs["eval_upper"][k], protocol=k)
+                rows.append([method, cap, task_key, f"{secs['train'] / 60:.1f}",
+                             " / ".join(f"{secs['eval'][k] / 60:.1f}" for k in PROTOCOLS)])
+            if a.pack and packs_together(method, caps):
                 # the grid's runs train as one pack: its training time replaces theirs
                 step = measure_packed(a.model_name, method, caps, task_key, a.steps, a.warmup, device)
                 steps_per_run = EPOCHS * -(-TRAIN_EXAMPLES // BATCH)
                 packed_train = steps_per_run * step
                 alone_train = sum(steps_per_run * _interp(measured, method, task_key, probe, c) for c in caps)
-                total += packed_train - alone_train
-                upper_total += packed_train - alone_train
-                per_task[task_key] += packed_train - alone_train
+                add(task_key, packed_train - alone_train)
                 print(f"  {method} packed ({len(caps)} runs) {task_key}: {step:.3f} s/step, training "
                       f"{alone_train / 60:.1f} -> {packed_train / 60:.1f} min", flush=True)
-                rows.append([f"{method} (pack)", "all", task_key, f"{packed_train / 60:.1f}", "", ""])
-    print(C.fmt_table(rows, ["method", "capacity", "task", "train min", "eval min", "run min"]))
-    hours = total / 3600
+                rows.append([f"{method} (pack)", "all", task_key, f"{packed_train / 60:.1f}", ""])
+    print(C.fmt_table(rows, ["method", "capacity", "task", "train min", "eval min " + " / ".join(PROTOCOLS)]))
     target = 4.0 if device == "cpu" else 10 / 60
-    print(f"full reference grid ({len(rows)} runs): {hours:.2f} h estimated on {device} "
-          f"(SST-2 {per_task['sst2'] / 3600:.2f} h, SAMSum {per_task['samsum'] / 3600:.2f} h; "
-          f"target <= {'4 h' if device == 'cpu' else '10 min'}); upper bound with every SAMSum generation "
-          f"running {MAX_NEW} tokens: {upper_total / 3600:.2f} h")
-    result = {"device": device, "hours": hours, "packed": a.pack, "target_hours": target, "upper_bound_hours": upper_total / 3600,
-              "per_task_hours": {k: v / 3600 for k, v in per_task.items()},
+    n_runs = len(METHODS) * 4 * len(TASKS)
+    print(f"full reference grid ({n_runs} runs{', LoRA packed' if a.pack else ''}) on {device}; target <= "
+          f"{'4 h (issue 16: 2 h)' if device == 'cpu' else '10 min'}")
+    print(C.fmt_table([[k, f"{total[k] / 3600:.2f}", f"{per_task['sst2'][k] / 3600:.2f}",
+                        f"{per_task['samsum'][k] / 3600:.2f}", f"{upper_total[k] / 3600:.2f}"] for k in PROTOCOLS],
+                      ["protocol", "hours", "SST-2 h", "SAMSum h", f"upper bound h (every generation {MAX_NEW} tokens)"]))
+    hours = total["original"] / 3600
+    result = {"device": device, "hours": hours, "packed": a.pack, "target_hours": target,
+              "upper_bound_hours": upper_total["original"] / 3600,
+              "by_protocol_hours": {k: v / 3600 for k, v in total.items()},
+              "by_protocol_upper_hours": {k: v / 3600 for k, v in upper_total.items()},
+              "per_task_hours": {t: {k: v / 3600 for k, v in d.items()} for t, d in per_task.items()},
               "measured": {f"{k[0]}|{k[1]}|{k[2]}": v for k, v in measured.items()}}
     C.emit_json(result, a.json)
     return result

@@ -1,21 +1,25 @@
 """Packed training against the same runs one after another: training throughput, FLOP/s against the machine's
-peak, and peak memory, for the three sweeps of issue 16, measured side by side in one process.
+peak, and peak memory, for the three sweeps of issue 16 and a prompt-tuning seed sweep, measured side by side in
+one process.
 
   model      builtin:random-flan-t5-small (exact flan-t5-small shapes, seeded random weights)
   data       the bundled SST-2 sample (sentences of ~20 tokens, one-token labels), batch 16 per run
   sweeps     LoRA r in {4, 8, 16, 32} (seed 42); prompt tuning with {10, 20, 50, 100} virtual tokens;
-             LoRA r=8 with seeds {1, 2, 3}
+             LoRA r=8 with seeds {1, 2, 3}; prompt tuning with 20 tokens and seeds {1, 2, 3}
   sequential each run set up by the training loop itself (train.setup) and stepped by its own step
              (train._step + Progress.account): collation, autocast at the run's precision, fused AdamW,
              clipping, bookkeeping
-  packed     the K runs set up as a pack (engine/packing.py) and stepped by the pack's step: one stacked
-             forward/backward through the frozen base, each run's optimizer on its own tensors
+  packed     the runs as `sweep --pack K` trains them (core/packs.plan_packs; "trainings" counts the packs and
+             the runs left alone): a pack set up as engine/packing.py sets it up and stepped by the pack's step,
+             one stacked forward/backward through the frozen base, each run's optimizer on its own tensors.
+             Prompts of different lengths do not pack; that sweep is also measured forced into one pack
+             (every row's prompt padded to the longest) to show why
   figures    each side: --warmup untimed steps, then --steps timed ones; the two sides alternate --repeats
              times and the medians are compared (samples/s = examples of all runs / time). FLOPs are counted
              by torch's FlopCounterMode on one step of each side; memory is the peak resident set while a side
              runs (the process's, sampled every 20 ms).
 
-    python bench/bench_pack.py                 # 3 sweeps, 2 + 6 steps, 3 repeats
+    python bench/bench_pack.py                 # 4 sweeps (+1 forced), 2 + 6 steps, 3 repeats
     python bench/bench_pack.py --quick         # 1 + 3 steps, 1 repeat
     python bench/bench_pack.py --device cuda   # on a GPU
 
@@ -34,7 +38,11 @@ SWEEPS = {
     "LoRA r 4/8/16/32": [("lora", r, 42) for r in (4, 8, 16, 32)],
     "prompt 10/20/50/100": [("prompt", n, 42) for n in (10, 20, 50, 100)],
     "LoRA r8 x 3 seeds": [("lora", 8, s) for s in (1, 2, 3)],
+    "prompt 20 x 3 seeds": [("prompt", 20, s) for s in (1, 2, 3)],
 }
+# the packed side trains what the planner packs (core/packs.plan_packs: prompts of different lengths train
+# alone); these sweeps are also measured forced into one pack, to show why the planner refuses it
+FORCED = ("prompt 10/20/50/100",)
 
 
 def spec_for(args, method: str, capacity: int, seed: int):
@@ -51,7 +59,7 @@ def sequential(args, runs) -> dict:
     """Each run alone, one after another: (seconds per step of all runs, FLOPs of those steps, peak MB)."""
     from peftcompare.engine import train
 
-    times, flops = [], 0
+    times, flops, precision = [], 0, None
     with C.PeakRSS() as mem:
         for method, capacity, seed in runs:
             s = train.setup(spec_for(args, method, capacity, seed), C.Quiet(f"{method}-{capacity}-{seed}"))
@@ -74,9 +82,26 @@ def sequential(args, runs) -> dict:
             C.sync(s.device)
             times.append((time.perf_counter() - t0) / args.steps)
             flops += C.flops_of(lambda: step(0))
+            precision = s.precision
             del s, model, optimizer, run
             gc.collect()
-    return {"step_s": sum(times), "flops": flops, "peak_mb": mem.peak, "examples": 16 * len(runs)}
+    return {"step_s": sum(times), "flops": flops, "peak_mb": mem.peak, "examples": 16 * len(runs),
+            "precision": precision}
+
+
+def planned(args, runs, forced: bool = False) -> dict:
+    """The runs as `sweep --pack K` trains them: packs as planned, a run without a partner alone."""
+    from peftcompare.core import packs
+
+    if forced:
+        return packed(args, runs)
+    specs = [spec_for(args, *r) for r in runs]
+    groups = packs.plan_packs(specs, len(runs))
+    parts = [packed(args, [(s.method, s.capacity, s.seed) for s in g]) if len(g) > 1 else
+             sequential(args, [(g[0].method, g[0].capacity, g[0].seed)]) for g in groups]
+    return {"step_s": sum(p["step_s"] for p in parts), "flops": sum(p["flops"] for p in parts),
+            "peak_mb": max(p["peak_mb"] for p in parts), "examples": 16 * len(runs),
+            "precision": parts[0]["precision"], "packs": len(groups)}
 
 
 def packed(args, runs) -> dict:
@@ -136,32 +161,38 @@ def main(argv=None) -> int:
         args.warmup, args.steps, args.repeats = 1, 3, 1
     device = C.pick_device(args.device)
     rows, result = [], {}
-    for name in args.sweeps:
+    cases = [(n, False) for n in args.sweeps] + [(n, True) for n in args.sweeps if n in FORCED]
+    for name, forced in cases:
         runs = SWEEPS[name]
+        label = f"{name}, one pack (padded)" if forced else name
         seq, pk = [], []
         for _ in range(args.repeats):  # alternate the sides, so a slow minute hits both
             seq.append(sequential(args, runs))
-            pk.append(packed(args, runs))
+            pk.append(planned(args, runs, forced))
         s_step = statistics.median(r["step_s"] for r in seq)
         p_step = statistics.median(r["step_s"] for r in pk)
         examples = seq[0]["examples"]
         peak, how = C.peak_for(pk[0]["precision"], device)
         gflops = pk[0]["flops"] / p_step / 1e9
         seq_gflops = seq[0]["flops"] / s_step / 1e9
-        result[name] = {"sequential_samples_per_s": examples / s_step, "packed_samples_per_s": examples / p_step,
-                        "speedup": s_step / p_step, "packed_gflops": gflops, "sequential_gflops": seq_gflops,
-                        "peak_gflops": peak, "precision": pk[0]["precision"],
-                        "sequential_peak_mb": max(r["peak_mb"] for r in seq),
-                        "packed_peak_mb": max(r["peak_mb"] for r in pk)}
-        rows.append([name, f"{examples / s_step:.1f}", f"{examples / p_step:.1f}", f"{s_step / p_step:.2f}x",
-                     f"{seq_gflops:.1f} / {gflops:.1f}",
+        n_packs = pk[0].get("packs", 1)
+        result[label] = {"sequential_samples_per_s": examples / s_step, "packed_samples_per_s": examples / p_step,
+                         "speedup": s_step / p_step, "packed_gflops": gflops, "sequential_gflops": seq_gflops,
+                         "peak_gflops": peak, "precision": pk[0]["precision"], "trainings": n_packs,
+                         "sequential_flops_per_step": seq[0]["flops"], "packed_flops_per_step": pk[0]["flops"],
+                         "sequential_peak_mb": max(r["peak_mb"] for r in seq),
+                         "packed_peak_mb": max(r["peak_mb"] for r in pk)}
+        rows.append([label, f"{n_packs} of {len(runs)}", f"{examples / s_step:.1f}", f"{examples / p_step:.1f}",
+                     f"{s_step / p_step:.2f}x", f"{seq_gflops:.1f} / {gflops:.1f}",
+                     f"{pk[0]['flops'] / seq[0]['flops']:.2f}",
                      f"{100 * gflops / peak:.1f}%" if peak else "—",
-                     f"{result[name]['sequential_peak_mb']:.0f} / {result[name]['packed_peak_mb']:.0f}"])
-        print(f"{name}: done", flush=True)
+                     f"{result[label]['sequential_peak_mb']:.0f} / {result[label]['packed_peak_mb']:.0f}"])
+        print(f"{label}: done", flush=True)
     print(f"\n{args.model_name}, {device}, precision {pk[0]['precision']}, {args.warmup} + {args.steps} steps, "
           f"median of {args.repeats}; peak: {how}")
-    print(C.fmt_table(rows, ["sweep", "sequential samples/s", "packed samples/s", "speedup",
-                             "GFLOP/s seq / packed", "packed % of peak", "peak MB seq / packed"]))
+    print(C.fmt_table(rows, ["sweep", "trainings", "sequential samples/s", "packed samples/s", "speedup",
+                             "GFLOP/s seq / packed", "FLOPs packed/seq", "packed % of peak",
+                             "peak MB seq / packed"]))
     C.emit_json(result, args.json)
     return 0
 

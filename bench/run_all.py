@@ -17,7 +17,7 @@ from pathlib import Path
 import _common as C
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ("bench_train", "bench_compare", "bench_grid", "bench_precision")
+BENCHES = ("bench_train", "bench_compare", "bench_grid", "bench_pack", "bench_precision")
 
 
 def run(name: str, args: list[str], out: Path) -> dict | None:
@@ -77,6 +77,18 @@ def main(argv=None) -> int:
         value = f"{g['hours']:.2f} h" if not gpu else f"{60 * g['hours']:.1f} min"
         row("full reference grid (estimate)", value, "<= 4 h" if not gpu else "<= 10 min",
             g["hours"] <= g["target_hours"])
+    pk = res.get("bench_pack")
+    if pk:
+        for name, r in pk.items():
+            if "one pack" in name:  # measured to show why the planner refuses it
+                row(f"  {name}: packed vs one after another", f"{r['speedup']:.2f}x", "", None)
+                continue
+            row(f"packed training {name} vs one after another", f"{r['speedup']:.2f}x", ">= 2x",
+                None if gpu else r["speedup"] >= 2)
+            if r.get("peak_gflops"):
+                frac = r["packed_gflops"] / r["peak_gflops"]
+                row(f"  packed step FLOP/s ({r['precision']})", f"{100 * frac:.1f}% of peak", ">= 40%",
+                    None if gpu else frac >= 0.4)
     pr = res.get("bench_precision")
     if pr:
         row("bf16 vs fp32 learning check (mean f1)", f"{pr['mean_f1']['bf16']:.3f} vs {pr['mean_f1']['fp32']:.3f}",

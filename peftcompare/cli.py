@@ -98,7 +98,7 @@ def cmd_train(args) -> int:
         if len(claimed) > 1:
             codes = execution.execute_pack(specs, store, run_ids, progress=_progress_bar(f"pack of {len(specs)}"))
             return max(codes)
-        alone = packs.why_alone(specs[0]) if claimed[0].get("pack_id") == PACK_ALONE else ""
+        alone = packs.alone_reason(specs[0]) if claimed[0].get("pack_id") == PACK_ALONE else ""
         return execution.execute(specs[0], store, run_ids[0], progress=_progress_bar(specs[0].label()),
                                  alone=alone)
     spec = preflight(_spec_from_args(args, **({"method": methods.BASELINE} if args.command == "zero-shot" else {})))
@@ -223,7 +223,7 @@ def _run_all(store, todo: list, pack: int = 1) -> int:
         if len(group) > 1:
             codes = execution.execute_pack(group, store, run_ids, progress=_progress_bar(where))
         else:
-            alone = packs.why_alone(group[0]) if pack > 1 else ""
+            alone = packs.alone_reason(group[0]) if pack > 1 else ""
             codes = [execution.execute(group[0], store, run_ids[0], progress=_progress_bar(where), alone=alone)]
         failures += sum(c != 0 for c in codes)
         done += len(group)
@@ -561,8 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "them here.")
     s.add_argument("--pack", type=_typed(int, "pack"), default=1, metavar="K",
                    help="Train up to K runs together in one pass over the shared frozen model (LoRA, rsLoRA and "
-                   "prompt tuning with the same data, model and budget; the others train alone, and their "
-                   "record says why). Default 1: one at a time.")
+                   "prompt tuning with the same data, model and budget, prompt tuning at one prompt length; the "
+                   "others train alone, and their record says why). Default 1: one at a time.")
     s.set_defaults(spec=None)
     r = cmd("results", cmd_results, "One row per run; --summary: one row per (task, method, capacity).")
     r.add_argument("--format", choices=["table", "csv", "json", "peft-mc"], default="table",

@@ -120,13 +120,17 @@ def test_a_run_cancelled_or_failing_inside_a_pack_leaves_the_others_training(tmp
 
 def test_plan_packs_groups_what_can_train_together():
     lora = [tiny_spec(method="lora", capacity=c, seed=1) for c in (4, 8, 16)]
-    prompt = [tiny_spec(method="prompt", capacity=c) for c in (4, 8)]
+    # prompts pack at one length only (padding to the longest cost more than packing saved: bench_pack.py)
+    prompt = [tiny_spec(method="prompt", capacity=c, seed=s) for c, s in [(4, 1), (8, 1), (4, 2)]]
     other = tiny_spec(method="ia3")
     steps = tiny_spec(method="lora", capacity=4, budget="steps", budget_value=3)
     planned = packs.plan_packs([*lora, other, *prompt, steps], 2)
-    assert [[s.method for s in p] for p in planned] == [["lora", "lora"], ["ia3"], ["prompt", "prompt"],
-                                                        ["lora"], ["lora"]]
+    assert [[(s.method, s.capacity) for s in p] for p in planned] == [
+        [("lora", 4), ("lora", 8)], [("ia3", 8)], [("prompt", 4), ("prompt", 4)], [("lora", 4)], [("lora", 16)],
+        [("prompt", 8)]]
     assert "trains alone" in packs.why_alone(other) and "budget" in packs.why_alone(steps)
+    assert "virtual tokens" in packs.alone_reason(prompt[1]) and packs.why_alone(prompt[1]) == ""
+    assert packs.pack_key(prompt[0]) == packs.pack_key(prompt[1])  # the engine can still pack them (tested above)
     assert packs.plan_packs(lora, 1) == [[s] for s in lora]
 
 
