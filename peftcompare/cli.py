@@ -46,8 +46,9 @@ def _add_spec_args(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> No
         if f.name in skip:
             continue
         kind = {"int": int, "float": float, "str": str}.get(f.type, f.type)
-        p.add_argument(f"--{f.name}", type=_typed(kind, f.name), default=None,
-                       help=f"{f.metadata.get('help', '')} (default: {f.default!r})")
+        # argparse %-formats help texts: a literal "10%" in a field's help must reach it as "10%%"
+        text = f"{f.metadata.get('help', '')} (default: {f.default!r})".replace("%", "%%")
+        p.add_argument(f"--{f.name}", type=_typed(kind, f.name), default=None, help=text)
 
 
 def _typed(kind, name):

@@ -182,3 +182,22 @@ def test_enqueue_of_an_identical_spec_is_not_queued_twice(tmp_path):
     assert len(first.stdout.split()) == 1 and again.stdout.strip() == ""
     assert "not queued: an identical run is already queued (" + first.stdout.strip() + ")" in again.stderr
     assert run_count(home) == 1
+
+
+def test_every_command_prints_its_help(capsys):
+    """`--help` of every command prints and exits 0 (argparse %-formats help texts: a spec field's "10%" once
+    crashed train, sweep and params with a TypeError)."""
+    from peftcompare import cli as cli_mod
+
+    parser = cli_mod.build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    assert {"train", "sweep", "params", "results", "significance", "report"} <= set(commands)
+    for name in commands:
+        with pytest.raises(SystemExit) as exit_:
+            cli_mod.main([name, "--help"])
+        assert exit_.value.code == 0, name
+        out = capsys.readouterr().out
+        assert out.startswith("usage:") and name in out.splitlines()[0], name
+    with pytest.raises(SystemExit):
+        cli_mod.main(["train", "--help"])
+    assert "10% of train_samples" in capsys.readouterr().out
