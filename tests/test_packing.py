@@ -105,8 +105,8 @@ def test_a_run_cancelled_or_failing_inside_a_pack_leaves_the_others_training(tmp
     store.request_cancel(run_ids[0])  # seen at its first flush
     real = execution.StoreReporter
 
-    def reporter(store_, run_id, progress=None, alone=""):
-        return (_FailingEpoch if run_id == run_ids[1] else real)(store_, run_id, progress, alone)
+    def reporter(store_, run_id, progress=None, **kw):
+        return (_FailingEpoch if run_id == run_ids[1] else real)(store_, run_id, progress, **kw)
 
     monkeypatch.setattr(execution, "StoreReporter", reporter)
     codes = execution.execute_pack(specs, store, run_ids)
@@ -141,6 +141,9 @@ def test_sweep_pack_on_the_command_line(tmp_path):
             "--num_train_epochs", "1", "--no_zero_shot"]
     proc = cli(*args, "--pack", "4", home=home, check=True)
     assert re.search(r"^\[\d-\d/3\] classification lora 4", proc.stdout, re.M), proc.stdout  # two runs, one line each
+    for rank in (4, 8):  # both runs log to one terminal: every line of a packed run names it
+        assert re.search(rf"^\[lora {rank} · seed 1\] epoch 1: loss ", proc.stdout, re.M), proc.stdout
+    assert len(re.findall(r"^epoch 1: loss ", proc.stdout, re.M)) == 1  # ia3's: it trained alone
     runs = {(r["method"], r["capacity"]): r for r in Store(home).list_runs()}
     assert all(r["status"] == "completed" for r in runs.values())
     assert runs[("lora", 4)]["fast_paths"]["packed"]["runs"] == 2

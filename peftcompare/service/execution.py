@@ -23,10 +23,15 @@ class StoreReporter:
     progress bar when there is one; `progress(step, total, loss)` is called every step.
     """
 
-    def __init__(self, store: Store, run_id: str, progress=None, alone: str = ""):
+    def __init__(self, store: Store, run_id: str, progress=None, alone: str = "", prefix: str = "",
+                 ticks: bool = True):
         self.store, self.run_id, self.progress, self.alone = store, run_id, progress, alone
+        # in a pack, several runs log to one terminal (and one log file): each line names its run, and only one
+        # run moves the shared bar (the pack's runs step together)
+        self.prefix, self.ticks = prefix, ticks
 
     def log(self, msg: str) -> None:
+        msg = self.prefix + msg
         write = getattr(self.progress, "write", None)  # a bar redraws beneath the line instead of tearing
         if write is not None:
             write(msg)
@@ -47,7 +52,7 @@ class StoreReporter:
                           spec_json=facts["spec"].to_json())
 
     def tick(self, step: int, total: int, loss: float) -> None:
-        if self.progress:
+        if self.progress and self.ticks:
             self.progress(step, total, loss)
 
     def steps(self, rows: list, step: int, total: int, loss: float, eta: float | None) -> None:
@@ -114,7 +119,8 @@ def execute_pack(specs: list[RunSpec], store: Store, run_ids: list[str], progres
     run, as `execute` gives. A run that cancels or fails inside the pack leaves the others training."""
     from peftcompare.engine import packing
 
-    reporters = [StoreReporter(store, run_id, progress if i == 0 else None) for i, run_id in enumerate(run_ids)]
+    reporters = [StoreReporter(store, run_id, progress, prefix=f"[{spec.label()}] ", ticks=i == 0)
+                 for i, (spec, run_id) in enumerate(zip(specs, run_ids))]
     try:
         outcomes = packing.run_pack(specs, reporters)
     except BaseException as exc:  # noqa: BLE001 - the pack itself failed: every run gets the reason
