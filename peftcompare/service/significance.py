@@ -59,8 +59,10 @@ def resolve(store: Store, ref: str, task: str | None = None, runs: list[dict] | 
                 "write method:capacity" if capacity is None else "give run ids")
         raise ValueError(f"{ref!r} matches {len(groups)} different experiments (task, model, data, capacity or "
                          f"settings differ): {hint}")
-    return Side(method_label(name, chosen[0]["spec"].capacity) + f" ({len(chosen)} seed{'s' * (len(chosen) != 1)})",
-                chosen)
+    # the learning rate is named: where a search tried several, the side is the one chosen on the selection split
+    rate = f"lr {chosen[0]['spec'].learning_rate:g}, " if methods.get_method(name).trains else ""
+    return Side(method_label(name, chosen[0]["spec"].capacity)
+                + f" ({rate}{len(chosen)} seed{'s' * (len(chosen) != 1)})", chosen)
 
 
 def _arrays(per: dict, field: str, kind: str, keys: list[str], label_words: list[str]):
