@@ -110,6 +110,30 @@ class Quiet:
         return False
 
 
+def start_pack(specs: list, loaded, feats: list | None = None, tag: str = "pack"):
+    """The runs `specs` set up as one pack over `loaded` (engine/packing.py, as run_pack sets it up) and at the
+    start of an epoch; `feats` replaces every run's training examples. Returns (pack, members): step it with
+    pack._step(members, i, last=False)."""
+    from peftcompare.core import methods
+    from peftcompare.engine import packing, train
+
+    members = []
+    for k, spec in enumerate(specs):
+        m = packing._Member(train.open_session(spec, Quiet(f"{tag}-{k}"), loaded=loaded), f"run{k}")
+        if feats is not None:
+            m.s.train_feats = feats
+        train.plan_steps(m.s)
+        members.append(m)
+    pack = packing._Pack(methods.get_method(specs[0].method).pack, loaded, members)
+    pack.apply_methods()
+    for m in members:
+        train.ready(m.s)
+        m.model.train()
+        m.batches = m.progress.epoch_batches()
+        m.progress.begin_epoch()
+    return pack, members
+
+
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         import torch

@@ -136,31 +136,18 @@ def measure_packed(model_name: str, method: str, caps: tuple, task_key: str, ste
                    device: str) -> float:
     """Seconds per training step of the method's whole capacity grid trained as one pack (engine/packing.py),
     on the same synthetic batches as `measure`."""
-    from peftcompare.core import methods
     from peftcompare.core.spec import RunSpec
-    from peftcompare.engine import models, packing, train
+    from peftcompare.engine import models
 
     task, src_len, tgt_len, _ = TASKS[task_key]
     loaded = models.load_model(model_name)
     vocab = min(len(loaded.tokenizer), loaded.model.config.vocab_size)
     n = (warmup + steps) * BATCH
     feats = synthetic_feats(task_key, n, vocab)
-    members = []
-    for k, cap in enumerate(caps):
-        spec = RunSpec(task=task, method=method, capacity=cap, model_name=model_name, selection="validation",
-                       per_device_train_batch_size=BATCH, per_device_eval_batch_size=BATCH, train_samples=n,
-                       eval_samples=8).resolved()
-        m = packing._Member(train.open_session(spec, C.Quiet(f"grid-{k}"), loaded=loaded), f"run{k}")
-        m.s.train_feats = feats  # the synthetic batches, as `measure` times them
-        train.plan_steps(m.s)
-        members.append(m)
-    pack = packing._Pack(methods.get_method(method).pack, loaded, members)
-    pack.apply_methods()
-    for m in members:
-        train.ready(m.s)
-        m.model.train()
-        m.batches = m.progress.epoch_batches()
-        m.progress.begin_epoch()
+    specs = [RunSpec(task=task, method=method, capacity=cap, model_name=model_name, selection="validation",
+                     per_device_train_batch_size=BATCH, per_device_eval_batch_size=BATCH, train_samples=n,
+                     eval_samples=8).resolved() for cap in caps]
+    pack, members = C.start_pack(specs, loaded, feats, tag="grid")  # the synthetic batches `measure` times
     for i in range(warmup + steps):
         if i == warmup:
             C.sync(device)

@@ -106,24 +106,12 @@ def planned(args, runs, forced: bool = False) -> dict:
 
 def packed(args, runs) -> dict:
     """The runs as one pack: (seconds per packed step, its FLOPs, peak MB)."""
-    from peftcompare.core import methods
-    from peftcompare.engine import models, packing, train
+    from peftcompare.engine import models
 
     specs = [spec_for(args, m, c, s).resolved() for m, c, s in runs]
     with C.PeakRSS() as mem:
         loaded = models.load_model(specs[0].model_name)
-        members = []
-        for k, spec in enumerate(specs):
-            m = packing._Member(train.open_session(spec, C.Quiet(f"pack-{k}"), loaded=loaded), f"run{k}")
-            train.plan_steps(m.s)
-            members.append(m)
-        pack = packing._Pack(methods.get_method(specs[0].method).pack, loaded, members)
-        pack.apply_methods()
-        for m in members:
-            train.ready(m.s)
-            m.model.train()
-            m.batches = m.progress.epoch_batches()
-            m.progress.begin_epoch()
+        pack, members = C.start_pack(specs, loaded)
         n = len(members[0].batches)
 
         def step(i):
