@@ -30,9 +30,9 @@ if online:
                "cache); set HF_ENDPOINT to use a mirror.", icon=":material/cloud_done:")
 else:
     st.warning(f"The Hugging Face Hub is unreachable (offline, or HF_HUB_OFFLINE is set), so the app uses "
-               f"the built-in model **{ui.OFFLINE_MODEL}** (a small T5 built in memory, nothing to download) "
-               "and the **bundled sample data** (peftcompare/samples). Everything works end to end; "
-               "the numbers are for trying the app, not for conclusions.", icon=":material/cloud_off:")
+               f"the built-in model **{ui.OFFLINE_MODEL}** (a small T5 pretrained once on this machine from "
+               "generated text, nothing to download) and the **bundled sample data** (peftcompare/samples). "
+               "Everything works end to end; the numbers are for trying the app, not for conclusions.", icon=":material/cloud_off:")
 
 st.subheader("Queue")
 active = store.list_runs(status=("running", "queued"))
