@@ -91,9 +91,17 @@ def test_one_colour_per_method_on_every_chart(tmp_path):
                           "loss": [4, 3, 2, 1.5, 5, 4, 3.5, 3]})
     overlay = curves.loss_overlay(steps, {"a": "lora", "b": "prompt"}).to_dict()
     assert colour_map(overlay["layer"][-1]["encoding"]) == TITLE_COLOURS
-    ep = pd.DataFrame({"label": ["LoRA 8", "BitFit"], "method": ["lora", "bitfit"], "epoch": [1, 1],
-                       "train_loss": [1.0, 2.0], "metric": [0.5, 0.6]})
-    assert colour_map(curves.epoch_chart(ep, "f1").to_dict()["spec"]["encoding"]) == TITLE_COLOURS
+    ep = pd.DataFrame({"label": ["LoRA 8", "LoRA 4", "BitFit"], "method": ["lora", "lora", "bitfit"],
+                       "capacity": [8, 4, 0], "epoch": [1, 1, 1], "train_loss": [1.0, 1.5, 2.0],
+                       "metric": [0.5, 0.4, 0.6]})
+    lines, points = curves.epoch_chart(ep, "f1").to_dict()["spec"]["layer"]
+    assert colour_map(lines["encoding"]) == colour_map(points["encoding"]) == TITLE_COLOURS
+    # two runs of one method are told apart by their dash (capacity; a method without a knob: "—"), drawn as
+    # dashes in the legend (a line layer without points) and the epochs are whole numbers, each once
+    dash = lines["encoding"]["strokeDash"]
+    assert dash["title"] == "Capacity" and dash["sort"] == ["4", "8", "—"]
+    assert lines["mark"]["type"] == "line" and "point" not in lines["mark"] and "strokeDash" not in points["encoding"]
+    assert lines["encoding"]["x"]["axis"]["values"] == [1]
     # the CLI's PNG: the same colour per method, the reference lines included
     df = pd.DataFrame([{"run_id": r, "task": "classification", "model_name": "m", "dataset": "sst2", "method": m,
                         "capacity": c, "seed": 1, "status": "completed", "trainable_params": p, "f1": s}

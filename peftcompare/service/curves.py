@@ -196,23 +196,36 @@ def loss_overlay(steps: pd.DataFrame, run_methods: dict[str, str], labels: dict[
 
 
 def epoch_chart(ep: pd.DataFrame, metric: str, height: int = 220, width: int = 330) -> alt.FacetChart:
-    """Per-epoch training loss and evaluation metric side by side, one line per run, coloured by method
-    (ep: presets.epoch_frame: label, method, epoch, train_loss, metric)."""
-    long = ep.melt(id_vars=["label", "method", "epoch"], value_vars=["train_loss", "metric"], var_name="curve")
+    """Per-epoch training loss and evaluation metric side by side, one line per run, coloured by method and
+    dashed by capacity (LoRA 4 and LoRA 8 of one preset would otherwise be two lines of one colour that only a
+    tooltip tells apart) (ep: presets.epoch_frame: label, method, capacity, epoch, train_loss, metric)."""
+    long = ep.melt(id_vars=["label", "method", "capacity", "epoch"], value_vars=["train_loss", "metric"],
+                   var_name="curve")
+    knob = {m: m in methods.METHODS and methods.METHODS[m].capacity_name is not None for m in set(long["method"])}
+    long["size"] = [str(int(c)) if knob[m] and pd.notna(c) and c else "—"
+                    for m, c in zip(long["method"], long["capacity"])]
+    sizes = sorted(set(long["size"]), key=lambda v: (v == "—", int(v) if v.isdigit() else 0))
     long["curve"] = long["curve"].map({"train_loss": "training loss",
                                        "metric": f"evaluation {metric_title(metric)}"})
     long["method_title"] = long["method"].map(method_title)
     scale, shown = method_color_scale(long["method_title"])
-    # a facet cannot stretch to its container: a fixed width per panel, the legend below them
-    return alt.Chart(long).mark_line(point=True).encode(
-        x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1, format="d")),
+    epochs = sorted({int(e) for e in long["epoch"]})
+    # a facet cannot stretch to its container: a fixed width per panel, the legends below them. Lines and
+    # points are two layers: a line mark with points would draw the capacity legend as dots, not dashes
+    base = alt.Chart().encode(
+        x=alt.X("epoch:Q", axis=alt.Axis(values=epochs, format="d")),  # whole epochs only, each once
         y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False), axis=alt.Axis(format="~g")),
         color=alt.Color("method_title:N", title="Method", scale=scale,
                         legend=alt.Legend(values=shown, orient="bottom", direction="horizontal")),
         detail="label:N",
-        tooltip=[alt.Tooltip("label:N", title="run"), "epoch:Q", alt.Tooltip("value:Q", format=".4f")],
-    ).properties(height=height, width=width).facet(column=alt.Column("curve:N", title=None)).resolve_scale(
-        y="independent")
+        tooltip=[alt.Tooltip("label:N", title="run"), "epoch:Q", alt.Tooltip("value:Q", format=".4f")])
+    lines = base.mark_line().encode(
+        strokeDash=alt.StrokeDash("size:N", title="Capacity", sort=sizes,
+                                  legend=alt.Legend(orient="bottom", direction="horizontal", symbolType="stroke",
+                                                    symbolStrokeColor="#555", symbolStrokeWidth=2, symbolSize=400)))
+    points = base.mark_point(filled=True, size=25)
+    return alt.layer(lines, points, data=long).properties(height=height, width=width).facet(
+        column=alt.Column("curve:N", title=None)).resolve_scale(y="independent")
 
 
 # the evaluation set of a run: a zero-shot baseline must share it to be the same reference
