@@ -102,6 +102,10 @@ def test_one_colour_per_method_on_every_chart(tmp_path):
     assert dash["title"] == "Capacity" and dash["sort"] == ["4", "8", "—"]
     assert lines["mark"]["type"] == "line" and "point" not in lines["mark"] and "strokeDash" not in points["encoding"]
     assert lines["encoding"]["x"]["axis"]["values"] == [1]
+    # the per-epoch scores say which split they were taken on (dev under the default protocol)
+    names = lambda spec: {r["curve"] for r in next(iter(spec["datasets"].values()))}  # noqa: E731
+    assert names(curves.epoch_chart(ep, "f1").to_dict()) == {"training loss", "evaluation F1"}
+    assert names(curves.epoch_chart(ep.assign(split="dev"), "f1").to_dict()) == {"training loss", "dev F1"}
     # the CLI's PNG: the same colour per method, the reference lines included
     df = pd.DataFrame([{"run_id": r, "task": "classification", "model_name": "m", "dataset": "sst2", "method": m,
                         "capacity": c, "seed": 1, "status": "completed", "trainable_params": p, "f1": s}

@@ -205,8 +205,10 @@ def epoch_chart(ep: pd.DataFrame, metric: str, height: int = 220, width: int = 3
     long["size"] = [str(int(c)) if knob[m] and pd.notna(c) and c else "—"
                     for m, c in zip(long["method"], long["capacity"])]
     sizes = sorted(set(long["size"]), key=lambda v: (v == "—", int(v) if v.isdigit() else 0))
-    long["curve"] = long["curve"].map({"train_loss": "training loss",
-                                       "metric": f"evaluation {metric_title(metric)}"})
+    # the split the epochs were scored on: dev under the default protocol (never the reported validation score)
+    splits = set(ep["split"]) if "split" in ep else set()
+    scored_on = f"{splits.pop()} " if len(splits) == 1 else "evaluation "
+    long["curve"] = long["curve"].map({"train_loss": "training loss", "metric": f"{scored_on}{metric_title(metric)}"})
     long["method_title"] = long["method"].map(method_title)
     scale, shown = method_color_scale(long["method_title"])
     epochs = sorted({int(e) for e in long["epoch"]})

@@ -167,9 +167,10 @@ def epoch_frame(runs: list[dict]):
                          "method": spec.method, "capacity": spec.capacity, "label": label,
                          "epoch": e.get("epoch"), "train_loss": e.get("train_loss"),
                          # selection on dev: the epochs were scored on the dev split (dev_<metric>)
-                         "metric_name": metric, "metric": e.get(metric, e.get(f"dev_{metric}"))})
+                         "metric_name": metric, "metric": e.get(metric, e.get(f"dev_{metric}")),
+                         "split": "validation" if metric in e else "dev"})
     return pd.DataFrame(rows, columns=["run_id", "model_name", "dataset", "method", "capacity", "label", "epoch",
-                                       "train_loss", "metric_name", "metric"])
+                                       "train_loss", "metric_name", "metric", "split"])
 
 
 # -- display helpers for the Presets page (plain data: the page adds the widgets) ---------------------------
