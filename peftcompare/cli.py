@@ -562,8 +562,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "them here.")
     s.add_argument("--pack", type=_typed(int, "pack"), default=1, metavar="K",
                    help="Train up to K runs together in one pass over the shared frozen model (LoRA, rsLoRA and "
-                   "prompt tuning with the same data, model and budget, prompt tuning at one prompt length; the "
-                   "others train alone, and their record says why). Default 1: one at a time.")
+                   "prompt tuning with the same data, model and budget, prompt tuning at one prompt length, on an "
+                   "encoder-decoder model; the others train alone, and their record says why). Default 1: one at "
+                   "a time.")
     s.set_defaults(spec=None)
     r = cmd("results", cmd_results, "One row per run; --summary: one row per (task, method, capacity).")
     r.add_argument("--format", choices=["table", "csv", "json", "peft-mc"], default="table",

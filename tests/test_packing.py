@@ -8,7 +8,7 @@ import re
 import pytest
 
 from peftcompare.core import packs
-from peftcompare.engine import adapters
+from peftcompare.engine import adapters, packing
 from peftcompare.service import execution, jobs
 from peftcompare.service.store import PACK_ALONE, Store
 from pipeline_helpers import cli, tiny_spec
@@ -116,6 +116,26 @@ def test_a_run_cancelled_or_failing_inside_a_pack_leaves_the_others_training(tmp
     assert failed["status"] == "failed" and "store went away" in failed["error"]
     assert done["status"] == "completed" and done["epochs"][-1]["epoch"] == 2
     assert not list((store.home / "adapters").glob(".tmp-*"))  # no staging left behind
+
+
+def test_a_pack_on_a_model_it_cannot_train_right_trains_its_runs_one_after_another(tmp_path):
+    """A causal LM shifts its loss by a token and an encoder classifies whole rows: packs are for encoder-decoders.
+    Queued as a pack, such runs train each by itself, exactly as alone, and their records say why."""
+    for model, kind in (("builtin:tiny-gpt2", "decoder-only"), ("builtin:tiny-bert", "encoder-only")):
+        specs = [tiny_spec(model_name=model, method="lora", capacity=c, seed=1, **EXACT) for c in (4, 8)]
+        store = Store(tmp_path / kind)
+        run_ids = [store.create_run(spec, status="running") for spec in specs]
+        assert execution.execute_pack(specs, store, run_ids) == [0, 0]
+        packed = [store.get(r) for r in run_ids]
+        assert all(r["status"] == "completed" for r in packed)
+        assert all(f"{kind} model" in r["fast_paths"]["packed"]["alone"] for r in packed)
+        if kind == "decoder-only":  # the same numbers as the run trained by itself
+            solo_id = Store(tmp_path / "solo").create_run(specs[0], status="running")
+            assert execution.execute(specs[0], Store(tmp_path / "solo"), solo_id) == 0
+            solo = Store(tmp_path / "solo").get(solo_id)
+            assert solo["metrics"]["mean_probability"] == packed[0]["metrics"]["mean_probability"]
+    with pytest.raises(ValueError, match="encoder-decoder"):
+        packing.run_pack(specs, [None, None])
 
 
 def test_plan_packs_groups_what_can_train_together():

@@ -194,6 +194,25 @@ class _Member:
     outcome: object = None  # None while it trains; then its record, or the exception that ended it
 
 
+# the families a pack trains right: per_block_loss reads the logits aligned with their labels, as an
+# encoder-decoder's decoder gives them. A causal LM's loss is shifted by one token (and its soft prompts sit in
+# the labelled sequence), an encoder classifies whole rows: a pack of those would train another objective, or
+# fail, so their runs train one after another (tests/test_packing.py)
+PACKED_FAMILIES = ("seq2seq",)
+
+
+def family_alone(model_name: str) -> str:
+    """Why runs on this base model cannot train packed ('' when they can), in the user's words."""
+    from peftcompare.engine import models
+
+    family = models.load_model(model_name, meta=True).family.name
+    if family in PACKED_FAMILIES:
+        return ""
+    kind = {"causal": "a decoder-only", "encoder": "an encoder-only"}.get(family, f"a {family}")
+    return (f"packed training is built for encoder-decoder models; {model_name} is {kind} model, so its runs "
+            "train one after another")
+
+
 def run_pack(specs: list, reporters: list) -> list:
     """Train `specs` (one pack_key) together on one base model; returns, per run, its record or the exception
     that ended it (train.Cancelled, or its failure). One run cancelled or failing leaves the others running."""
@@ -206,6 +225,8 @@ def run_pack(specs: list, reporters: list) -> list:
         raise ValueError("pack: these runs cannot train together (different data, model, budget or method kind)")
     kind = methods.get_method(specs[0].method).pack
     loaded = models.load_model(specs[0].model_name)
+    if loaded.family.name not in PACKED_FAMILIES:
+        raise ValueError(f"pack: {family_alone(specs[0].model_name)}")
     members = []
     for k, (spec, reporter) in enumerate(zip(specs, reporters)):
         m = _Member(None, f"run{k}")

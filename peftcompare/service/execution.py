@@ -119,6 +119,9 @@ def execute_pack(specs: list[RunSpec], store: Store, run_ids: list[str], progres
     run, as `execute` gives. A run that cancels or fails inside the pack leaves the others training."""
     from peftcompare.engine import packing
 
+    alone = packing.family_alone(specs[0].model_name)
+    if alone:  # a base model packs cannot train right: each run by itself, its record says why
+        return [execute(spec, store, run_id, progress=progress, alone=alone) for spec, run_id in zip(specs, run_ids)]
     reporters = [StoreReporter(store, run_id, progress, prefix=f"[{spec.label()}] ", ticks=i == 0)
                  for i, (spec, run_id) in enumerate(zip(specs, run_ids))]
     try:

@@ -227,31 +227,32 @@ def grid_specs(base: RunSpec, method_names: list[str], capacities: dict[str, lis
     return runs.grid_specs(base, method_names, capacities, seeds, zero_shot, learning_rates, method_rates)
 
 
+def _list_parts(text: str) -> list[str]:
+    """The entries of a list typed into a box: separated by commas, semicolons or spaces."""
+    return [part.strip() for part in str(text).replace(";", ",").replace(" ", ",").split(",") if part.strip()]
+
+
 def parse_float_list(text: str, what: str) -> list[float]:
     """'1e-4, 5e-4' -> [0.0001, 0.0005]; empty -> []; one-line ValueError in the user's words."""
     out = []
-    for part in str(text).replace(";", ",").replace(" ", ",").split(","):
-        if not part.strip():
-            continue
+    for part in _list_parts(text):
         try:
             value = float(part)
         except ValueError:
-            raise ValueError(f"{what}: expected numbers like 1e-4, 5e-4, got {part.strip()!r}") from None
+            raise ValueError(f"{what}: expected numbers like 1e-4, 5e-4, got {part!r}") from None
         if not value > 0 or value != value or value == float("inf"):
-            raise ValueError(f"{what}: each must be a positive number, got {part.strip()!r}")
+            raise ValueError(f"{what}: each must be a positive number, got {part!r}")
         out.append(value)
     return list(dict.fromkeys(out))
 
 
 def parse_int_list(text: str, what: str) -> list[int]:
     out = []
-    for part in str(text).replace(";", ",").replace(" ", ",").split(","):
-        if not part.strip():
-            continue
+    for part in _list_parts(text):
         try:
             out.append(int(part))
         except ValueError:
-            raise ValueError(f"{what}: expected whole numbers separated by commas, got {part.strip()!r}") from None
+            raise ValueError(f"{what}: expected whole numbers separated by commas, got {part!r}") from None
     return list(dict.fromkeys(out))
 
 
