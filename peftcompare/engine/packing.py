@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from peftcompare.core.methods import PACK_LORA
-from peftcompare.engine.families.base import IGNORE_INDEX, pad_rows
+from peftcompare.engine.families.base import IGNORE_INDEX
 
 
 @dataclass(frozen=True)
@@ -152,22 +152,6 @@ def prompt_inputs(embed, prompts: list[torch.Tensor], input_ids: torch.Tensor, a
 
 
 # -- batches and losses -----------------------------------------------------------------------------------
-def stack(collated: list[dict], pad_token_id: int) -> tuple[dict, list[Block], list[str]]:
-    """One batch from K collated batches (each padded to its own lengths), re-padded to common lengths.
-    Returns the batch, the blocks (in the order given) and the keys stacked."""
-    out, blocks, start = {}, [], 0
-    for i, c in enumerate(collated):
-        n = c["input_ids"].shape[0]
-        blocks.append(Block(str(i), start, start + n))
-        start += n
-    fill = {"input_ids": pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX, "decoder_input_ids": pad_token_id,
-            "decoder_attention_mask": 0}
-    for key in collated[0]:
-        rows = [r.tolist() for c in collated for r in c[key]]
-        out[key] = pad_rows(rows, fill.get(key, 0))
-    return out, blocks, list(out)
-
-
 def per_block_loss(logits: torch.Tensor, labels: torch.Tensor, blocks: list[Block]) -> list[torch.Tensor]:
     """Each block's mean cross-entropy over its own target tokens (what the model's loss is for that batch
     alone); padding and prompt positions (-100) are left out."""
@@ -353,10 +337,14 @@ class _Pack:
         """One optimizer step of every live run, through one forward/backward of the frozen base."""
         from peftcompare.engine import evaluate as eval_mod
 
-        tok = self.loaded.tokenizer
-        collated = [self.family.collate([m.s.train_feats[j] for j in m.batches[i]], tok) for m in live]
-        batch, blocks, _ = stack(collated, tok.pad_token_id)
-        blocks = [Block(m.name, b.start, b.stop) for m, b in zip(live, blocks)]
+        # the K runs' examples in one batch, run after run, padded by the family as one batch of them would be
+        # (the padding is masked, so each run's rows compute what its own batch computes)
+        feats = [[m.s.train_feats[j] for j in m.batches[i]] for m in live]
+        blocks, start = [], 0
+        for m, fs in zip(live, feats):
+            blocks.append(Block(m.name, start, start + len(fs)))
+            start += len(fs)
+        batch = self.family.collate([f for fs in feats for f in fs], self.loaded.tokenizer)
         batch = {k: v.to(self.device) for k, v in batch.items()}
         with eval_mod.autocast(self.device, self.dtype):
             if self.kind == PACK_LORA:

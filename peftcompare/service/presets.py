@@ -168,7 +168,7 @@ def epoch_frame(runs: list[dict]):
                          "epoch": e.get("epoch"), "train_loss": e.get("train_loss"),
                          # selection on dev: the epochs were scored on the dev split (dev_<metric>)
                          "metric_name": metric, "metric": e.get(metric, e.get(f"dev_{metric}")),
-                         "split": "validation" if metric in e else "dev"})
+                         "split": e.get("eval_split", "validation")})
     return pd.DataFrame(rows, columns=["run_id", "model_name", "dataset", "method", "capacity", "label", "epoch",
                                        "train_loss", "metric_name", "metric", "split"])
 
