@@ -89,7 +89,7 @@ def faulty(tmp_path, monkeypatch):
     faults: dict[str, str] = {}
 
     def child_command(store_, run_ids):
-        run_id = run_ids if isinstance(run_ids, str) else run_ids[0]  # these runs are queued one by one
+        run_id = run_ids[0]  # these runs are queued one by one
         return [sys.executable, str(wrapper), faults.get(run_id, "none"), "train", "--run_id", run_id,
                 "--home", str(store_.home)]
 

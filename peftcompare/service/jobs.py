@@ -112,10 +112,9 @@ def submit(store: Store, specs: list[RunSpec], owner: str | None = None, pack: i
     return Submitted(queued, skipped)
 
 
-def child_command(store: Store, run_id: str | list[str]) -> list[str]:
-    """The training process of a claimed run, or of a pack of claimed runs (one process trains them all)."""
-    ids = [run_id] if isinstance(run_id, str) else list(run_id)
-    return [sys.executable, "-m", "peftcompare", "train", *[a for r in ids for a in ("--run_id", r)],
+def child_command(store: Store, run_ids: list[str]) -> list[str]:
+    """The training process of claimed runs: one, or a pack (one process trains them all)."""
+    return [sys.executable, "-m", "peftcompare", "train", *[a for r in run_ids for a in ("--run_id", r)],
             "--home", str(store.home)]
 
 
@@ -170,12 +169,11 @@ def run_worker(store: Store, idle_exit: float = IDLE_EXIT_SECONDS, max_jobs: int
     return 0
 
 
-def _run_child(store: Store, run_ids: str | list[str]) -> int:
+def _run_child(store: Store, ids: list[str]) -> int:
     """One training process for a run or a pack of runs, supervised to the end: the process is killed when a
     cancel goes unheeded for CANCEL_GRACE_SECONDS (in a pack: when every run of it asked to stop; a pack
     stops one run at its next flush and trains the others on), and every run it leaves running gets a
     final status."""
-    ids = [run_ids] if isinstance(run_ids, str) else list(run_ids)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(store.log_path(ids[0]), "ab") as log:
         proc = subprocess.Popen(child_command(store, ids), stdout=log, stderr=subprocess.STDOUT,

@@ -190,10 +190,16 @@ class Store:
                                "LIMIT 1").fetchone()
             if row is None:
                 return None
-            conn.execute("UPDATE runs SET status='running', started_at=?, pid=?, pid_started=?, supervisor_pid=?, "
-                         "supervisor_started=?, heartbeat=? WHERE run_id=?",
-                         (time.time(), pid, started, pid, started, time.time(), row[0]))
+            self._claim(conn, row[0], pid, started)
         return self.get(row[0])
+
+    @staticmethod
+    def _claim(conn, run_id: str, pid: int | None, started: int | None) -> None:
+        """A queued run moved to running under the claiming worker (pid), which supervises it."""
+        now = time.time()
+        conn.execute("UPDATE runs SET status='running', started_at=?, pid=?, pid_started=?, supervisor_pid=?, "
+                     "supervisor_started=?, heartbeat=? WHERE run_id=? AND status='queued'",
+                     (now, pid, started, pid, started, now, run_id))
 
     def claim_pack(self, run: dict, pid: int | None = None) -> list[dict]:
         """The claimed `run` and every other queued run of its pack, all moved to running under one worker
@@ -206,9 +212,7 @@ class Store:
             rows = conn.execute("SELECT run_id FROM runs WHERE status='queued' AND pack_id=? ORDER BY created_at, "
                                 "rowid", (pack,)).fetchall()
             for (run_id,) in rows:
-                conn.execute("UPDATE runs SET status='running', started_at=?, pid=?, pid_started=?, supervisor_pid=?, "
-                             "supervisor_started=?, heartbeat=? WHERE run_id=? AND status='queued'",
-                             (time.time(), pid, started, pid, started, time.time(), run_id))
+                self._claim(conn, run_id, pid, started)
         return [run] + [self.get(r[0]) for r in rows]
 
     def reconcile(self) -> list[str]:
