@@ -5,7 +5,7 @@ method registry that name a given method.
     python scripts/code_shape.py [ROOT] [--method lora]
 
 ROOT is a checkout (default: this one), so an older commit can be measured the same way
-(`git worktree add /tmp/old <commit> && python scripts/code_shape.py /tmp/old`).
+(`git worktree add ../shape-old <commit> && python scripts/code_shape.py ../shape-old`).
 """
 from __future__ import annotations
 
