@@ -15,7 +15,7 @@ from pipeline_helpers import cli, tiny_spec
 
 EXACT = dict(precision="fp32", lora_dropout=0.0, num_train_epochs=2, train_samples=32, eval_samples=16,
              dev_samples=16)
-SCORES = ("f1", "accuracy", "mean_probability")
+SCORES = ("f1", "accuracy", "mean_probability", "f1_generate", "accuracy_generate")
 
 
 def _alone(tmp_path, specs):
@@ -24,7 +24,7 @@ def _alone(tmp_path, specs):
     for spec in specs:
         run_id = store.create_run(spec, status="running")
         assert execution.execute(spec, store, run_id) == 0, store.get(run_id)["error"]
-        out.append(store.get(run_id))
+        out.append({**store.get(run_id), "answers": store.examples(run_id)})
     return out
 
 
@@ -35,16 +35,24 @@ def _packed(tmp_path, specs, name="packed"):
     return store, run_ids, codes
 
 
-def _same(alone: dict, packed: dict, tol: float) -> None:
+def _same(alone: dict, packed: dict, tol: float, store: Store | None = None) -> None:
     assert packed["status"] == "completed", packed["error"]
     assert packed["trainable_params"] == alone["trainable_params"] and packed["total_params"] == alone["total_params"]
     assert packed["best_epoch"] == alone["best_epoch"]
-    for k in SCORES:
+    scores = [k for k in (*SCORES, "rougeL", "eval_loss") if k in alone["metrics"]]
+    assert scores and all(k in packed["metrics"] for k in scores)
+    for k in scores:
         assert math.isclose(packed["metrics"][k], alone["metrics"][k], abs_tol=tol), (k, packed["metrics"],
                                                                                       alone["metrics"])
-    # each epoch's dev score too, not only the chosen one
+    # each epoch's selection score too, not only the chosen one
     for a, b in zip(alone["epochs"], packed["epochs"]):
-        assert math.isclose(a["dev_mean_probability"], b["dev_mean_probability"], abs_tol=tol)
+        keys = [k for k in ("dev_mean_probability", "mean_probability", "dev_rougeL", "dev_eval_loss") if k in a]
+        assert keys and all(math.isclose(a[k], b[k], abs_tol=tol) for k in keys), (a, b)
+    if store is not None:  # every example's answer, not only the averages
+        answers = store.examples(packed["run_id"])
+        assert answers["key"] == alone["answers"]["key"]
+        assert answers["prediction"] == alone["answers"]["prediction"]
+        assert answers.get("generated") == alone["answers"].get("generated")
 
 
 @pytest.mark.parametrize("kind, runs", [
@@ -59,8 +67,9 @@ def test_a_packed_run_equals_the_run_alone_in_fp32(tmp_path, kind, runs):
     assert codes == [0] * len(specs)
     for a, run_id in zip(alone, run_ids):
         b = store.get(run_id)
-        _same(a, b, 1e-5)
+        _same(a, b, 1e-5, store)
         assert b["fast_paths"]["packed"]["runs"] == len(specs) and run_id not in b["fast_paths"]["packed"]["with"]
+        assert b["fast_paths"]["packed"]["evaluation"] == "packed"
         # a packed run's adapter is an ordinary adapter: it reloads alone and gives its recorded score
         rec = adapters.read_adapter(b["adapter_dir"])
         assert rec["run_id"] == run_id and adapters.load_adapter_model(b["adapter_dir"]) is not None
@@ -82,15 +91,68 @@ def test_bf16_packing_differs_from_alone_only_by_rounding(tmp_path):
         assert math.isclose(b["metrics"]["mean_probability"], a["metrics"]["mean_probability"], abs_tol=5e-3)
 
 
-def test_summarization_packs_and_generates_per_run(tmp_path):
-    specs = [tiny_spec(task="summarization", method="lora", capacity=c, seed=s, precision="fp32", lora_dropout=0.0,
-                       dev_samples=4) for c, s in [(4, 1), (8, 2)]]
+@pytest.mark.parametrize("method, protocol", [
+    ("lora", {}), ("prompt", {}), ("lora", {"selection_metric": "loss"}),
+])
+def test_summarization_packs_and_generates_per_run(tmp_path, method, protocol):
+    """Generation packed: every decoding step routes each row through its own run's adapter or prompt."""
+    specs = [tiny_spec(task="summarization", method=method, capacity=c, seed=s, precision="fp32", lora_dropout=0.0,
+                       dev_samples=4, num_train_epochs=2, **protocol) for c, s in [(4, 1), (8, 2)]]
     alone = _alone(tmp_path, specs)
     store, run_ids, codes = _packed(tmp_path, specs)
     assert codes == [0, 0]
     for a, run_id in zip(alone, run_ids):
+        _same(a, store.get(run_id), 1e-5, store)
+    assert store.examples(run_ids[0])["prediction"] != store.examples(run_ids[1])["prediction"]
+
+
+@pytest.mark.parametrize("protocol", [{"selection": "validation"}, {"selection_metric": "loss"}])
+def test_a_pack_evaluates_under_every_selection_protocol_as_its_runs_alone(tmp_path, protocol):
+    specs = [tiny_spec(method="lora", capacity=c, seed=s, **{**EXACT, **protocol}) for c, s in [(4, 1), (8, 2)]]
+    alone = _alone(tmp_path, specs)
+    store, run_ids, codes = _packed(tmp_path, specs)
+    assert codes == [0, 0]
+    for a, run_id in zip(alone, run_ids):
+        _same(a, store.get(run_id), 1e-5, store)
+
+
+def test_the_runs_of_a_pack_are_evaluated_in_one_pass(tmp_path, monkeypatch):
+    """Each evaluation batch holds every run's rows: 3 runs of 16 dev and 16 validation examples at an evaluation
+    batch of 8 make 2 stacked batches of 24 rows a pass, not 6 batches of 8."""
+    from peftcompare.engine.families.seq2seq import Seq2SeqFamily
+
+    rows = []
+    real = Seq2SeqFamily.label_logprobs
+
+    def counting(self, model, batch, label_ids, **kw):
+        rows.append(batch["input_ids"].shape[0])
+        return real(self, model, batch, label_ids, **kw)
+
+    monkeypatch.setattr(Seq2SeqFamily, "label_logprobs", counting)
+    specs = [tiny_spec(method="lora", capacity=c, seed=s, **EXACT) for c, s in [(4, 1), (8, 2), (8, 3)]]
+    store, run_ids, codes = _packed(tmp_path, specs)
+    assert codes == [0, 0, 0]
+    # two epochs' dev passes and the final validation pass, two stacked batches each
+    assert rows == [24] * 6
+
+
+def test_a_failed_packed_evaluation_falls_back_to_each_run_alone(tmp_path, monkeypatch, capsys):
+    """A stacked evaluation batch is K times a run's: should its pass fail (out of memory), each run evaluates
+    by itself, the record says so, and the numbers are the same."""
+    specs = [tiny_spec(method="lora", capacity=c, seed=s, **EXACT) for c, s in [(4, 1), (8, 2)]]
+    alone = _alone(tmp_path, specs)
+
+    def no_room(self, parts):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(packing._PackRows, "answering", no_room)
+    store, run_ids, codes = _packed(tmp_path, specs)
+    assert codes == [0, 0]
+    for a, run_id in zip(alone, run_ids):
         b = store.get(run_id)
-        assert math.isclose(b["metrics"]["rougeL"], a["metrics"]["rougeL"], abs_tol=1e-5)
+        _same(a, b, 1e-5, store)
+        assert b["fast_paths"]["packed"]["evaluation"].startswith("alone: the packed pass failed (out of memory")
+    assert capsys.readouterr().out.count("each run evaluates alone") == 2  # once a run: later passes go alone
 
 
 class _FailingEpoch(execution.StoreReporter):

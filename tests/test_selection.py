@@ -196,13 +196,13 @@ def test_selection_by_dev_loss_generates_nothing_until_the_chosen_state(tmp_path
     from peftcompare.engine import evaluate
 
     calls = []
-    real = evaluate.summarize
+    real = evaluate.summarize_many  # every generation pass goes through it (a run's, or a pack's)
 
     def counting(*a, **k):
-        calls.append(len(a[3]) if len(a) > 3 else 0)
+        calls.append([len(f) for f in a[3]])
         return real(*a, **k)
 
-    monkeypatch.setattr(evaluate, "summarize", counting)
+    monkeypatch.setattr(evaluate, "summarize_many", counting)
     store = Store(tmp_path)
     run = run_in_process(store, tiny_spec(task="summarization", method="lora", capacity=4, num_train_epochs=3,
                                           dev_samples=4, selection_metric="loss"))
@@ -211,7 +211,7 @@ def test_selection_by_dev_loss_generates_nothing_until_the_chosen_state(tmp_path
     assert run["best_epoch"] == 1 + losses.index(min(losses))
     assert run["selection"]["metric"] == "loss" and run["selection"]["score"] == min(losses)
     assert "rougeL" in run["metrics"] and run["metrics"]["eval_samples"] == 4
-    assert len(calls) == 1  # the one generation pass: the validation split, once
+    assert calls == [[4]]  # the one generation pass: the validation split, once
     # the default chooses by the metric itself: every epoch generates the dev split
     calls.clear()
     run_in_process(store, tiny_spec(task="summarization", method="lora", capacity=4, num_train_epochs=2,

@@ -1,6 +1,7 @@
 """Which runs can train together in one pass over a shared frozen base model (engine/packing.py trains
 them): the same base model, data and its processing, batch size and budget, so that their batches stack and
-their epochs end together, and a method with a packed path (Method.pack)."""
+their epochs end together, the same selection protocol, so that their evaluation passes stack too, and a method
+with a packed path (Method.pack)."""
 from __future__ import annotations
 
 from peftcompare.core import methods
@@ -14,8 +15,8 @@ def pack_key(spec) -> tuple | None:
     return (methods.get_method(s.method).pack, s.task, s.model_name, s.dataset, s.train_file, s.validation_file,
             s.text_column, s.target_column, s.prompt_template, s.answer_cue, s.train_samples, s.eval_samples,
             s.num_train_epochs, s.per_device_train_batch_size, s.per_device_eval_batch_size, s.max_source_length,
-            s.max_target_length, s.target_modules, s.lora_dropout, s.precision, s.selection, s.dev_samples, s.budget,
-            s.budget_value)
+            s.max_target_length, s.target_modules, s.lora_dropout, s.precision, s.selection, s.selection_metric,
+            s.dev_samples, s.budget, s.budget_value)
 
 
 def why_alone(spec) -> str:

@@ -18,9 +18,16 @@ sum of the K losses gives every adapter exactly the gradient it gets alone), gra
 schedule. Dropout: every row gets its own mask from the shared stream; with dropout active a packed run is a
 different (equally valid) draw than the run alone, without dropout it equals the run alone up to the rounding
 of bigger matmuls (tests/test_packing.py: fp32 to 1e-5).
+
+Evaluation is packed the same way: after every epoch the runs' selection splits (each its own dev split, or the
+validation split) go through one forward per batch, batch i of every run stacked, each run's adapter on its own
+rows; label scoring, the dev loss, and greedy generation with the KV cache alike (a greedy batch keeps its rows in
+place, so every decoding step routes each row through its own run's adapter). So does the final pass on each
+run's chosen state. Should a packed pass fail (a bigger batch is a bigger allocation), each run evaluates alone.
 """
 from __future__ import annotations
 
+import time
 import types
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -29,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from peftcompare.core.methods import PACK_LORA
+from peftcompare.engine import evaluate as eval_mod
 from peftcompare.engine.families.base import IGNORE_INDEX
 
 
@@ -151,6 +159,39 @@ def prompt_inputs(embed, prompts: list[torch.Tensor], input_ids: torch.Tensor, a
     return torch.cat(rows, 0), torch.cat(masks, 0)
 
 
+class Prompted:
+    """The frozen base answering with each block's soft prompt before its rows' text: what PEFT's prompt-tuning
+    model does with one prompt on every row (PeftModelForSeq2SeqLM.forward / generate), for the evaluation
+    passes' label scoring, loss and generation."""
+
+    def __init__(self, base, prompts: list[torch.Tensor], blocks: list[Block]):
+        self.base, self.prompts, self.blocks = base, prompts, blocks
+
+    @property
+    def config(self):
+        return self.base.config
+
+    def _inputs(self, input_ids, attention_mask) -> dict:
+        embeds, mask = prompt_inputs(self.base.get_input_embeddings(), self.prompts, input_ids, attention_mask,
+                                     self.blocks)
+        return {"inputs_embeds": embeds, "attention_mask": mask}
+
+    def __call__(self, input_ids, attention_mask, **kwargs):
+        return self.base(**self._inputs(input_ids, attention_mask), **kwargs)
+
+    def generate(self, input_ids, attention_mask, **kwargs):
+        return self.base.generate(**self._inputs(input_ids, attention_mask), **kwargs)
+
+
+def blocks_of(names: list[str], sizes: list[int]) -> list[Block]:
+    """Consecutive blocks of rows, one per run, in order."""
+    blocks, start = [], 0
+    for name, n in zip(names, sizes):
+        blocks.append(Block(name, start, start + n))
+        start += n
+    return blocks
+
+
 # -- batches and losses -----------------------------------------------------------------------------------
 def per_block_loss(logits: torch.Tensor, labels: torch.Tensor, blocks: list[Block]) -> list[torch.Tensor]:
     """Each block's mean cross-entropy over its own target tokens (what the model's loss is for that batch
@@ -226,7 +267,7 @@ def run_pack(specs: list, reporters: list) -> list:
     pack = _Pack(kind, loaded, live)
     pack.apply_methods()
     for m in pack.members:
-        m.s.fast["packed"] = {"kind": kind, "runs": len(pack.members),
+        m.s.fast["packed"] = {"kind": kind, "runs": len(pack.members), "evaluation": "packed",
                               "with": [o.s.reporter.run_id for o in pack.members if o is not m]}
         train.ready(m.s)
     pack.train()
@@ -239,6 +280,7 @@ class _Pack:
         self.kind, self.loaded, self.members = kind, loaded, members
         self.layout = Layout()
         self.shared = None  # the LoRA pack's one PEFT model
+        self.eval_alone = False  # a packed evaluation pass failed: each run evaluates by itself from then on
         first = members[0].s
         self.device, self.dtype, self.family = first.device, first.dtype, first.family
 
@@ -313,9 +355,11 @@ class _Pack:
                 self._step(live, i, last=i == steps - 1)
             for m in self._live():
                 self._guard(m, m.progress.pause)
-            for m in self._live():
+            live = self._live()
+            scored = self._together(live, self._selection_pass)
+            for m, sc in zip(live, scored):
                 with self._alone(m):
-                    self._guard(m, m.progress.end_epoch)
+                    self._guard(m, lambda m=m, sc=sc: m.progress.end_epoch(sc))
 
     def _live(self) -> list[_Member]:
         return [m for m in self.members if m.outcome is None]
@@ -335,15 +379,10 @@ class _Pack:
 
     def _step(self, live: list[_Member], i: int, last: bool) -> None:
         """One optimizer step of every live run, through one forward/backward of the frozen base."""
-        from peftcompare.engine import evaluate as eval_mod
-
         # the K runs' examples in one batch, run after run, padded by the family as one batch of them would be
         # (the padding is masked, so each run's rows compute what its own batch computes)
         feats = [[m.s.train_feats[j] for j in m.batches[i]] for m in live]
-        blocks, start = [], 0
-        for m, fs in zip(live, feats):
-            blocks.append(Block(m.name, start, start + len(fs)))
-            start += len(fs)
+        blocks = blocks_of([m.name for m in live], [len(fs) for fs in feats])
         batch = self.family.collate([f for fs in feats for f in fs], self.loaded.tokenizer)
         batch = {k: v.to(self.device) for k, v in batch.items()}
         with eval_mod.autocast(self.device, self.dtype):
@@ -352,9 +391,8 @@ class _Pack:
                     logits = self.shared(**batch).logits
             else:
                 prompts = [m.model.get_prompt(batch_size=1)[0] for m in live]
-                embeds, mask = prompt_inputs(self.loaded.model.get_input_embeddings(), prompts, batch["input_ids"],
-                                             batch["attention_mask"], blocks)
-                logits = self.loaded.model(inputs_embeds=embeds, attention_mask=mask, labels=batch["labels"]).logits
+                logits = Prompted(self.loaded.model, prompts, blocks)(batch["input_ids"], batch["attention_mask"],
+                                                                      labels=batch["labels"]).logits
         losses = per_block_loss(logits, batch["labels"], blocks)
         torch.stack(losses).sum().backward()
         for m, loss in zip(live, losses):
@@ -364,15 +402,91 @@ class _Pack:
             m.optimizer.zero_grad(set_to_none=True)
             self._guard(m, lambda m=m, loss=loss: m.progress.account(m.batches[i], loss, last=last))
 
+    # -- evaluation, packed ------------------------------------------------------------------------------
+    def _together(self, live: list[_Member], packed_pass) -> list:
+        """packed_pass(live, rows) for the live runs at once: per run, what its Progress takes as `scored`.
+        Should the packed pass fail, [None] * K: each run then makes its own pass (and the record says so)."""
+        if not live or self.eval_alone:
+            return [None] * len(live)
+        t0 = time.perf_counter()
+        try:
+            results = packed_pass(live, _PackRows(self, live))
+        except Exception as exc:  # noqa: BLE001 - e.g. out of memory on K stacked batches: the runs go on alone
+            from peftcompare.engine import train
+
+            why = train.failure_reason(exc)
+            self.eval_alone = True  # it would fail the same way next time: the pack's other passes go alone too
+            for m in live:
+                m.s.fast["packed"]["evaluation"] = f"alone: the packed pass failed ({why})"
+                m.s.reporter.log(f"packed evaluation failed ({why}); each run evaluates alone")
+            return [None] * len(live)
+        # each run's evaluation time is the pack's pass, as its training time is the pack's (README)
+        secs = time.perf_counter() - t0
+        return [(*r, secs) if isinstance(r, tuple) else (r, secs) for r in results]
+
+    def _selection_pass(self, live: list[_Member], rows) -> list:
+        """Every run's selection split scored on its current state: its loss, or the task's metric."""
+        first = live[0]
+        s, p = first.s, first.progress
+        if p.by_loss:
+            return eval_mod.mean_loss_many(rows, self.family, self.loaded.tokenizer, [m.s.loss_feats for m in live],
+                                           s.spec.per_device_eval_batch_size, self.device, self.dtype)
+        return eval_mod.evaluate_many(rows, self.family, self.loaded.tokenizer, s.spec,
+                                      [(m.progress.examples, m.progress.feats) for m in live], s.data.label_words,
+                                      self.device, self.dtype, generate_protocol=False)
+
+    def _final_pass(self, live: list[_Member], rows) -> list:
+        """Every run's chosen state scored: the validation split once (selection on dev or by loss), or the
+        original protocol's generate-and-parse scoring (its other scores were taken per epoch)."""
+        s = live[0].s
+        sets = [(m.s.data.validation, m.s.eval_feats) for m in live]
+        if live[0].progress.final_pass == "validation":
+            return eval_mod.evaluate_many(rows, self.family, self.loaded.tokenizer, s.spec, sets, s.data.label_words,
+                                          self.device, self.dtype)
+        return eval_mod.generated_protocol_many(rows, self.family, self.loaded.tokenizer, s.spec, sets,
+                                                s.data.label_words, self.device, self.dtype)
+
     # -- the end -----------------------------------------------------------------------------------------
     def finish(self) -> None:
         from peftcompare.engine import train
 
         for m in self._live():
+            self._guard(m, m.progress.restore)  # every run's chosen state in place before the one final pass
+        live = self._live()
+        scored = self._together(live, self._final_pass)
+        for m, sc in zip(live, scored):
             with self._alone(m):
                 try:
-                    m.outcome = train.finish(m.s, m.progress.conclude())
+                    m.outcome = train.finish(m.s, m.progress.conclude(sc))
                 except BaseException as exc:  # noqa: BLE001 - this run's failure; the others finish
                     if isinstance(exc, KeyboardInterrupt):
                         raise
                     m.outcome = exc
+
+
+class _PackRows(eval_mod.Rows):
+    """The pack's live runs answering evaluation batches together: set k of a pass is members[k]'s, and its
+    block of each stacked batch goes through members[k]'s adapter only."""
+
+    def __init__(self, pack: _Pack, members: list[_Member]):
+        super().__init__(pack.shared)
+        self.pack, self.members = pack, members
+
+    def modules(self) -> list:
+        return [self.pack.shared] if self.pack.kind == PACK_LORA else [m.model for m in self.members]
+
+    def _blocks(self, parts: list[tuple[int, int]]) -> list[Block]:
+        return blocks_of([self.members[k].name for k, _ in parts], [n for _, n in parts])
+
+    @contextmanager
+    def answering(self, parts: list[tuple[int, int]]):
+        blocks = self._blocks(parts)
+        if self.pack.kind == PACK_LORA:
+            with self.pack.layout.rows(blocks):
+                yield self.pack.shared
+        else:
+            yield Prompted(self.pack.loaded.model, [self.members[k].model.get_prompt(batch_size=1)[0]
+                                                    for k, _ in parts], blocks)
+
+    def losses(self, model, batch: dict, parts: list[tuple[int, int]]) -> list:
+        return per_block_loss(model(**batch).logits, batch["labels"], self._blocks(parts))

@@ -351,7 +351,7 @@ class Progress:
         self.split, self.examples, self.feats = (("dev", s.data.dev, s.dev_feats) if self.on_dev else
                                                  ("validation", s.data.validation, s.eval_feats))
         self.best_metric, self.best_state, self.epoch = -math.inf, None, 0
-        self.epoch_loss, self.done, self.t_epoch = 0.0, 0, 0.0
+        self.epoch_loss, self.done, self.t_epoch, self.t_trained = 0.0, 0, 0.0, 0.0
 
     def epoch_batches(self) -> list[list[int]]:
         """This process's share of this epoch's length-grouped batches (the run's seed orders them)."""
@@ -387,22 +387,29 @@ class Progress:
                 self.epoch_loss += _flush(self.s, self.tally, time.perf_counter())
         finally:
             self.s.clock.pause()
-            self.fitted.train_time += time.perf_counter() - self.t_epoch
+            self.t_trained = time.perf_counter() - self.t_epoch
+            self.fitted.train_time += self.t_trained
 
-    def end_epoch(self) -> None:
-        """Score the selection split, record the epoch, keep the state if it is the best so far."""
-        s, model = self.s, self.model
-        metric = "eval_loss" if self.by_loss else s.task.metric
+    def selection_pass(self) -> tuple[dict, float]:
+        """(metrics, seconds) of the selection split on the model as it stands: its loss (selection_metric=loss)
+        or its primary metric. A pack (engine/packing.py) makes this pass for all its runs at once instead."""
+        s = self.s
         if self.by_loss:
             t0 = time.perf_counter()
-            metrics = eval_mod.mean_loss(s.accelerator.unwrap_model(model), s.family, s.loaded.tokenizer,
+            metrics = eval_mod.mean_loss(s.accelerator.unwrap_model(self.model), s.family, s.loaded.tokenizer,
                                          s.loss_feats, s.spec.per_device_eval_batch_size, s.device, s.dtype)
-            secs = time.perf_counter() - t0
-        else:
-            metrics, secs = _evaluate(s, model, self.examples, self.feats, generate_protocol=False)
+            return metrics, time.perf_counter() - t0
+        return _evaluate(s, self.model, self.examples, self.feats, generate_protocol=False)
+
+    def end_epoch(self, scored: tuple[dict, float] | None = None) -> None:
+        """Score the selection split (or take `scored`, the pass a pack made), record the epoch, keep the state
+        if it is the best so far."""
+        s, model = self.s, self.model
+        metric = "eval_loss" if self.by_loss else s.task.metric
+        metrics, secs = scored or self.selection_pass()
         self.fitted.eval_time += secs
         entry = {"epoch": self.epoch + 1, "train_loss": self.epoch_loss / max(1, self.done),
-                 "train_seconds": round(time.perf_counter() - self.t_epoch - secs, 3), "eval_seconds": round(secs, 3),
+                 "train_seconds": round(self.t_trained, 3), "eval_seconds": round(secs, 3),
                  **_epoch_scores(metrics, "dev_" if self.on_dev else "")}
         if s.spec.budget != "epochs":  # where in the budget this evaluation stands
             entry.update({"step": self.tally.step, "train_seconds_total": round(s.clock.train_seconds(), 3),
@@ -418,17 +425,29 @@ class Progress:
             self.best_state = self.state(model)
         self.epoch += 1
 
-    def conclude(self) -> Fitted:
-        """The best state back in the model, the validation split scored once on it (selection=dev) or the
-        generate-and-parse protocol added (selection=validation), and how the state was chosen."""
+    @property
+    def final_pass(self) -> str:
+        """What the chosen state still needs: "validation" (scored once on it: selection on dev, or by loss) or
+        "generated" (the original protocol's generate-and-parse scoring, its other scores taken per epoch)."""
+        return "validation" if self.on_dev or self.by_loss else "generated"
+
+    def restore(self):
+        """The chosen state back in the model; returns the model."""
+        model = self.s.accelerator.unwrap_model(self.model)
+        model.load_state_dict(self.best_state, strict=False)
+        return model
+
+    def conclude(self, scored: tuple | None = None) -> Fitted:
+        """The best state back in the model, its final pass (scored: the pass a pack made for it, as
+        (metrics, seconds) or for "generated" (metrics, per-example fields, seconds)), and how the state was
+        chosen."""
         s, fitted = self.s, self.fitted
         fitted.seen, fitted.tokens = self.tally.seen, self.tally.tokens
-        fitted.model = s.accelerator.unwrap_model(self.model)
-        fitted.model.load_state_dict(self.best_state, strict=False)
-        if self.on_dev or self.by_loss:  # the validation split, once, on the state the selection split chose
-            fitted.metrics, secs = _evaluate(s, fitted.model, s.data.validation, s.eval_feats)
-        else:  # the original protocol's scores were taken per epoch; its generate-and-parse scoring is added once
-            secs = _add_generated_protocol(s, fitted)
+        fitted.model = self.restore()
+        if self.final_pass == "validation":
+            fitted.metrics, secs = scored or _evaluate(s, fitted.model, s.data.validation, s.eval_feats)
+        else:
+            secs = _add_generated_protocol(s, fitted, scored)
         fitted.eval_time += secs
         fitted.selection = {"on": self.split, "examples": len(self.examples),
                             "metric": "loss" if self.by_loss else s.task.metric,
@@ -445,16 +464,21 @@ def _epoch_scores(metrics: dict, prefix: str) -> dict:
             **({"eval_split": "dev"} if prefix else {})}
 
 
-def _add_generated_protocol(s: Session, fitted: Fitted) -> float:
-    t0 = time.perf_counter()
-    extra, per = eval_mod.generated_protocol(fitted.model, s.family, s.loaded.tokenizer, s.spec, s.data.validation,
-                                             s.eval_feats, s.data.label_words, s.device, s.dtype)
+def _add_generated_protocol(s: Session, fitted: Fitted, scored: tuple | None = None) -> float:
+    if scored is None:
+        t0 = time.perf_counter()
+        extra, per = eval_mod.generated_protocol(fitted.model, s.family, s.loaded.tokenizer, s.spec,
+                                                 s.data.validation, s.eval_feats, s.data.label_words, s.device,
+                                                 s.dtype)
+        secs = time.perf_counter() - t0
+    else:
+        extra, per, secs = scored
     if not extra:
         return 0.0
     fitted.metrics = {**fitted.metrics, **extra}
     if "_per_example" in fitted.metrics:
         fitted.metrics["_per_example"] = {**fitted.metrics["_per_example"], **per}
-    return time.perf_counter() - t0
+    return secs
 
 
 def _public(metrics: dict) -> dict:

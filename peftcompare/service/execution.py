@@ -78,7 +78,9 @@ class StoreReporter:
             if per_example:
                 self.store.put_examples(self.run_id, split, per_example)
         budget = record.get("budget") or {}
+        # the fast paths again: some are known only by the end (a pack's evaluation that had to go alone)
         self.store.update(self.run_id, best_epoch=record.get("best_epoch"), selection_json=record.get("selection"),
+                          **({"fast_paths_json": record["fast_paths"]} if record.get("fast_paths") else {}),
                           budget_json=budget or None, train_flops=budget.get("train_flops"),
                           model_fingerprint=record.get("model_fingerprint"),
                           **({"total_steps": record["total_steps"]} if record.get("total_steps") else {}))
