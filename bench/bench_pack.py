@@ -18,6 +18,10 @@ one process.
              times and the medians are compared (samples/s = examples of all runs / time). FLOPs are counted
              by torch's FlopCounterMode on one step of each side; memory is the peak resident set while a side
              runs (the process's, sampled every 20 ms).
+  evaluation the packs' selection pass (the SST-2 label scoring of --eval_examples examples per run, batch 16)
+             against each run's own pass on the same adapters, and the same for summarization (greedy generation
+             of up to 32 tokens on SAMSum-style dialogues) for the LoRA rank sweep; medians of --repeats,
+             alternating
 
     python bench/bench_pack.py                 # 4 sweeps (+1 forced), 2 + 6 steps, 3 repeats
     python bench/bench_pack.py --quick         # 1 + 3 steps, 1 repeat
@@ -45,14 +49,16 @@ SWEEPS = {
 FORCED = ("prompt 10/20/50/100",)
 
 
-def spec_for(args, method: str, capacity: int, seed: int):
+def spec_for(args, method: str, capacity: int, seed: int, task: str = "classification", eval_samples: int = 16):
     from peftcompare.core.spec import RunSpec
 
-    return RunSpec(model_name=args.model_name, method=method, capacity=capacity, seed=seed, dataset="sst2",
-                   train_file=str(C.SAMPLES / "sst2_train.jsonl"),
-                   validation_file=str(C.SAMPLES / "sst2_validation.jsonl"), train_samples=16 * 30,
-                   eval_samples=16, num_train_epochs=1, per_device_train_batch_size=16, learning_rate=5e-4,
-                   selection="validation", precision=args.precision)
+    data = "sst2" if task == "classification" else "samsum"
+    return RunSpec(model_name=args.model_name, method=method, capacity=capacity, seed=seed, dataset=data, task=task,
+                   train_file=str(C.SAMPLES / f"{data}_train.jsonl"),
+                   validation_file=str(C.SAMPLES / f"{data}_validation.jsonl"), train_samples=16 * 30,
+                   eval_samples=eval_samples, num_train_epochs=1, per_device_train_batch_size=16,
+                   per_device_eval_batch_size=16, learning_rate=5e-4, selection="validation",
+                   max_target_length=32, precision=args.precision)
 
 
 def sequential(args, runs) -> dict:
@@ -133,6 +139,49 @@ def packed(args, runs) -> dict:
             "precision": precision}
 
 
+# the evaluation passes measured: (sweep, task)
+EVAL_CASES = (("LoRA r 4/8/16/32", "classification"), ("LoRA r8 x 3 seeds", "classification"),
+              ("prompt 20 x 3 seeds", "classification"), ("LoRA r 4/8/16/32", "summarization"))
+
+
+def evaluation(args, runs, task: str) -> dict:
+    """One selection pass of every run of a pack: packed (one stacked forward per batch, engine/packing.py) and
+    each run alone on the same adapters, alternating; medians of --repeats."""
+    from peftcompare.engine import models, packing
+
+    n = args.eval_examples if task == "classification" else max(16, args.eval_examples // 4)
+    specs = [spec_for(args, m, c, s, task, eval_samples=n).resolved() for m, c, s in runs]
+    loaded = models.load_model(specs[0].model_name)
+    pack, members = C.start_pack(specs, loaded, tag="eval")
+    for m in members:
+        m.model.eval()
+
+    def alone():
+        for m in members:
+            with pack._alone(m):
+                m.progress.selection_pass()
+
+    def packed():
+        pack._selection_pass(members, packing._PackRows(pack, members))
+
+    times = {"alone": [], "packed": []}
+    for side in (alone, packed):  # a warm-up pass of each
+        side()
+    for _ in range(args.repeats):
+        for name, side in (("alone", alone), ("packed", packed)):
+            C.sync(members[0].s.device)
+            t0 = time.perf_counter()
+            side()
+            C.sync(members[0].s.device)
+            times[name].append(time.perf_counter() - t0)
+    examples = n * len(runs)
+    a, p = statistics.median(times["alone"]), statistics.median(times["packed"])
+    del pack, members, loaded
+    gc.collect()
+    return {"examples": examples, "alone_s": a, "packed_s": p, "alone_per_s": examples / a,
+            "packed_per_s": examples / p, "speedup": a / p}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model_name", default=C.SMALL)
@@ -141,12 +190,15 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--sweeps", nargs="+", default=list(SWEEPS), choices=list(SWEEPS))
+    p.add_argument("--eval_examples", type=int, default=128, help="examples per run in the evaluation passes "
+                   "(SST-2; summarization a quarter of it, at least 16)")
+    p.add_argument("--no_eval", action="store_true", help="measure training only")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--json", default=None)
     C.device_arg(p)
     args = p.parse_args(argv)
     if args.quick:
-        args.warmup, args.steps, args.repeats = 1, 3, 1
+        args.warmup, args.steps, args.repeats, args.eval_examples = 1, 3, 1, 32
     device = C.pick_device(args.device)
     rows, result = [], {}
     cases = [(n, False) for n in args.sweeps] + [(n, True) for n in args.sweeps if n in FORCED]
@@ -181,6 +233,20 @@ def main(argv=None) -> int:
     print(C.fmt_table(rows, ["sweep", "trainings", "sequential samples/s", "packed samples/s", "speedup",
                              "GFLOP/s seq / packed", "FLOPs packed/seq", "packed % of peak",
                              "peak MB seq / packed"]))
+    if not args.no_eval:
+        eval_rows = []
+        for name, task in EVAL_CASES:
+            if name not in args.sweeps:
+                continue
+            r = evaluation(args, SWEEPS[name], task)
+            result[f"evaluation: {name}, {task}"] = r
+            eval_rows.append([name, "SST-2 label scoring" if task == "classification" else "SAMSum generation",
+                              r["examples"], f"{r['alone_per_s']:.1f}", f"{r['packed_per_s']:.1f}",
+                              f"{r['speedup']:.2f}x"])
+            print(f"evaluation {name} {task}: done", flush=True)
+        print(f"\nevaluation passes (selection split), median of {args.repeats}")
+        print(C.fmt_table(eval_rows, ["sweep", "pass", "examples (all runs)", "alone examples/s",
+                                      "packed examples/s", "speedup"]))
     C.emit_json(result, args.json)
     return 0
 

@@ -395,8 +395,15 @@ def _answers_bar():
 
 
 def cmd_worker(args) -> int:
-
-    return jobs.run_worker(_store(args), idle_exit=args.idle_exit)
+    """The queue's worker: per_gpu slots on each GPU, or one."""
+    if not 1 <= args.per_gpu <= 64:
+        raise UserError(f"per_gpu: train between 1 and 64 runs at once on each GPU, got {args.per_gpu}")
+    slots = jobs.worker_slots(args.per_gpu)
+    if args.per_gpu > 1 and slots == [None]:
+        print("no GPU here: the worker trains one run at a time (a CPU run uses every core)", flush=True)
+    elif len(slots) > 1:
+        print(f"worker: {args.per_gpu} runs at a time on each of {len(slots) // args.per_gpu} GPU(s)", flush=True)
+    return jobs.run_worker(_store(args), idle_exit=args.idle_exit, slots=slots)
 
 
 def cmd_enqueue(args) -> int:
@@ -612,6 +619,10 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--json", action="store_true", help="Print the whole result as JSON.")
     w = cmd("worker", cmd_worker, "Process the run queue (the app starts this by itself).")
     w.add_argument("--idle_exit", type=float, default=30.0, help="Exit after this many idle seconds.")
+    w.add_argument("--per_gpu", type=_typed(int, "per_gpu"), default=1, metavar="N",
+                   help="Runs (or packs) trained at once on each GPU, each in its own process (default: 1). "
+                        "A small model's run leaves most of a GPU idle; several keep it busy. Ignored without a "
+                        "GPU.")
     ca = cmd("cancel", cmd_cancel, "Cancel queued or running runs.")
     ca.add_argument("run_ids", nargs="+")
     d = cmd("delete", cmd_delete, "Delete finished runs and their adapters.")

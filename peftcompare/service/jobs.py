@@ -2,7 +2,8 @@
 
 The worker is a detached process (it survives page refreshes and closed browsers). It claims the oldest
 queued run, starts `python -m peftcompare train --run_id ID --home HOME`, watches the cancel flag and
-exits after a while with an empty queue; the app starts it again when something is enqueued.
+exits after a while with an empty queue; the app starts it again when something is enqueued. On GPUs,
+`worker --per_gpu N` keeps N such processes on each GPU.
 """
 from __future__ import annotations
 
@@ -144,8 +145,35 @@ def ensure_worker(store: Store) -> bool:
     return True
 
 
-def run_worker(store: Store, idle_exit: float = IDLE_EXIT_SECONDS, max_jobs: int | None = None) -> int:
-    """Process the queue one run at a time. Only one worker per store (file lock)."""
+def worker_slots(per_gpu: int = 1, gpus: list[str] | None = None) -> list[str | None]:
+    """Where the worker's children train: per_gpu slots on each visible GPU (each child sees its GPU alone,
+    through CUDA_VISIBLE_DEVICES), or one slot with no GPU (a CPU run takes every core: two at once would
+    only share them). gpus: the GPUs' ids (default: the ones torch sees, as CUDA_VISIBLE_DEVICES names them)."""
+    if per_gpu < 1:
+        raise ValueError(f"per_gpu: expected a whole number of runs per GPU of at least 1, got {per_gpu}")
+    if gpus is None:
+        gpus = visible_gpus()
+    return [g for g in gpus for _ in range(per_gpu)] if gpus else [None]
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, named as a child's CUDA_VISIBLE_DEVICES names them."""
+    try:
+        import torch
+
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001 - no usable CUDA is no GPU
+        return []
+    named = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return named[:n] if len(named) >= n else [str(i) for i in range(n)]
+
+
+def run_worker(store: Store, idle_exit: float = IDLE_EXIT_SECONDS, max_jobs: int | None = None,
+               slots: list[str | None] | None = None) -> int:
+    """Process the queue: one run (or pack) per slot at a time, each in its own supervised process; slots
+    (worker_slots): the GPU each slot's child is pinned to, None to leave the device alone (the default: one
+    slot). Several slots on one GPU keep it busy where one small run leaves most of it idle. Only one worker
+    per store (file lock)."""
     lock = open(_lock_path(store), "a+")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -154,65 +182,82 @@ def run_worker(store: Store, idle_exit: float = IDLE_EXIT_SECONDS, max_jobs: int
         return 0
     reconcile(store)
     store.clean_staging()
-    done, idle_since = 0, time.monotonic()
-    while max_jobs is None or done < max_jobs:
-        run = store.claim_next(pid=os.getpid())  # the worker owns it until the child reports its pid
-        if run is None:
-            if time.monotonic() - idle_since > idle_exit:
+    slots = slots or [None]
+    busy: dict[int, _Child] = {}
+    started, idle_since = 0, time.monotonic()
+    while True:
+        for i, child in list(busy.items()):
+            if child.poll():
+                del busy[i]
+                idle_since = time.monotonic()
+        free = [i for i in range(len(slots)) if i not in busy]
+        while free and (max_jobs is None or started < max_jobs):
+            run = store.claim_next(pid=os.getpid())  # the worker owns it until the child reports its pid
+            if run is None:
                 break
-            time.sleep(POLL_SECONDS)
-            continue
-        # the rest of its pack (runs queued to train together) goes to the same child
-        _run_child(store, [r["run_id"] for r in store.claim_pack(run, pid=os.getpid())])
-        done += 1
-        idle_since = time.monotonic()
+            # the rest of its pack (runs queued to train together) goes to the same child
+            i = free.pop(0)
+            busy[i] = _Child(store, [r["run_id"] for r in store.claim_pack(run, pid=os.getpid())], slots[i])
+            started += 1
+            idle_since = time.monotonic()
+        if not busy and ((max_jobs is not None and started >= max_jobs)
+                         or time.monotonic() - idle_since > idle_exit):
+            break
+        time.sleep(POLL_SECONDS)
     return 0
 
 
-def _run_child(store: Store, ids: list[str]) -> int:
+class _Child:
     """One training process for a run or a pack of runs, supervised to the end: the process is killed when a
     cancel goes unheeded for CANCEL_GRACE_SECONDS (in a pack: when every run of it asked to stop; a pack
     stops one run at its next flush and trains the others on), and every run it leaves running gets a
-    final status."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(store.log_path(ids[0]), "ab") as log:
-        proc = subprocess.Popen(child_command(store, ids), stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, start_new_session=True,
-                                cwd=str(Path(__file__).resolve().parents[2]))
-    for run_id in ids[1:]:  # one process writes one log: every run of the pack shows it, live (a hard link)
-        try:
-            os.link(store.log_path(ids[0]), store.log_path(run_id))
-        except OSError:
-            pass
-    for run_id in ids:
-        store.update(run_id, pid=proc.pid, heartbeat=time.time())
-    cancel_seen = None
-    while True:
-        try:
-            code = proc.wait(timeout=POLL_SECONDS)
-            break
-        except subprocess.TimeoutExpired:
-            pass
-        if cancel_seen is None and all(store.cancel_requested(r) or store.get(r)["status"] != "running"
-                                       for r in ids):
-            cancel_seen = time.monotonic()
-        if cancel_seen is not None and time.monotonic() - cancel_seen > CANCEL_GRACE_SECONDS:
-            _kill(proc)
-            code = proc.wait()
-            break
-    for run_id in ids:
-        run = store.get(run_id)
-        if run and run["status"] == "running":
-            # the child died without writing a final status: a crash, a kill or our cancel
-            if run.get("cancel_requested"):
-                store.transition(run_id, "cancelled", ("running",), finished_at=time.time(),
-                                 error="cancelled by the user")
-            else:
-                reason = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
-                store.transition(run_id, "failed", ("running",), finished_at=time.time(),
-                                 error=f"the training process {reason} without finishing")
-        store.discard_staging(run_id)
-    return code
+    final status. gpu: the one GPU it sees (None: the worker's own devices)."""
+
+    def __init__(self, store: Store, ids: list[str], gpu: str | None = None):
+        self.store, self.ids, self.cancel_seen = store, ids, None
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
+        with open(store.log_path(ids[0]), "ab") as log:
+            self.proc = subprocess.Popen(child_command(store, ids), stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                                         cwd=str(Path(__file__).resolve().parents[2]))
+        for run_id in ids[1:]:  # one process writes one log: every run of the pack shows it, live (a hard link)
+            try:
+                os.link(store.log_path(ids[0]), store.log_path(run_id))
+            except OSError:
+                pass
+        for run_id in ids:
+            store.update(run_id, pid=self.proc.pid, heartbeat=time.time())
+
+    def poll(self) -> bool:
+        """True once the process has ended and its runs are settled."""
+        store, ids = self.store, self.ids
+        code = self.proc.poll()
+        if code is None:
+            if self.cancel_seen is None and all(store.cancel_requested(r) or store.get(r)["status"] != "running"
+                                                for r in ids):
+                self.cancel_seen = time.monotonic()
+            if self.cancel_seen is None or time.monotonic() - self.cancel_seen <= CANCEL_GRACE_SECONDS:
+                return False
+            _kill(self.proc)
+            code = self.proc.wait()
+        self.settle(code)
+        return True
+
+    def settle(self, code: int) -> None:
+        for run_id in self.ids:
+            run = self.store.get(run_id)
+            if run and run["status"] == "running":
+                # the child died without writing a final status: a crash, a kill or our cancel
+                if run.get("cancel_requested"):
+                    self.store.transition(run_id, "cancelled", ("running",), finished_at=time.time(),
+                                          error="cancelled by the user")
+                else:
+                    reason = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+                    self.store.transition(run_id, "failed", ("running",), finished_at=time.time(),
+                                          error=f"the training process {reason} without finishing")
+            self.store.discard_staging(run_id)
 
 
 def _kill(proc: subprocess.Popen) -> None:
