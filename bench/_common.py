@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import statistics
 import sys
 import tempfile
@@ -94,6 +96,50 @@ class PeakRSS:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, rss_mb())
+
+
+class GpuBusy:
+    """The GPU's utilisation while the block runs: nvidia-smi's utilization.gpu (the share of time a kernel ran)
+    sampled every 100 ms, as `mean` and `max` in %; None off a GPU or without nvidia-smi. What tells whether
+    packing (or `worker --per_gpu`) has the device busy."""
+
+    def __init__(self, device: str, interval: float = 0.1):
+        self.device, self.interval, self.samples = device, interval, []
+        self._stop, self._thread = threading.Event(), None
+
+    def _index(self) -> str:
+        import torch
+
+        i = torch.cuda.current_device() if ":" not in self.device else int(self.device.split(":")[1])
+        visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+        return visible[i] if i < len(visible) else str(i)  # nvidia-smi names GPUs as the machine does
+
+    def __enter__(self):
+        if self.device.startswith("cuda") and shutil.which("nvidia-smi"):
+            self._cmd = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                         "-i", self._index()]
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            out = subprocess.run(self._cmd, capture_output=True, text=True).stdout.strip()
+            if out.isdigit():
+                self.samples.append(int(out))
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    @property
+    def mean(self) -> float | None:
+        return sum(self.samples) / len(self.samples) if self.samples else None
+
+    @property
+    def max(self) -> int | None:
+        return max(self.samples) if self.samples else None
 
 
 class Quiet:

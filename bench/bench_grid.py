@@ -133,11 +133,16 @@ def measure(model_name: str, method: str, capacity: int, task_key: str, steps: i
 
 
 def measure_packed(model_name: str, method: str, caps: tuple, task_key: str, steps: int, warmup: int,
-                   device: str) -> float:
-    """Seconds per training step of the method's whole capacity grid trained as one pack (engine/packing.py),
-    on the same synthetic batches as `measure`."""
+                   device: str) -> dict:
+    """The method's whole capacity grid as one pack (engine/packing.py), on the same synthetic batches as
+    `measure`: seconds per packed training step, and per packed evaluation batch (every run's batch of EVAL_BATCH
+    rows stacked, each answered by its own adapter: label scoring, generation at the expected and the full
+    length, a dev-loss forward). One packed batch does what len(caps) batches do alone."""
+    import torch
+
     from peftcompare.core.spec import RunSpec
-    from peftcompare.engine import models
+    from peftcompare.engine import evaluate as eval_mod
+    from peftcompare.engine import models, packing
 
     task, src_len, tgt_len, _ = TASKS[task_key]
     loaded = models.load_model(model_name)
@@ -145,7 +150,7 @@ def measure_packed(model_name: str, method: str, caps: tuple, task_key: str, ste
     n = (warmup + steps) * BATCH
     feats = synthetic_feats(task_key, n, vocab)
     specs = [RunSpec(task=task, method=method, capacity=cap, model_name=model_name, selection="validation",
-                     per_device_train_batch_size=BATCH, per_device_eval_batch_size=BATCH, train_samples=n,
+                     per_device_train_batch_size=BATCH, per_device_eval_batch_size=EVAL_BATCH, train_samples=n,
                      eval_samples=8).resolved() for cap in caps]
     pack, members = C.start_pack(specs, loaded, feats, tag="grid")  # the synthetic batches `measure` times
     for i in range(warmup + steps):
@@ -154,7 +159,45 @@ def measure_packed(model_name: str, method: str, caps: tuple, task_key: str, ste
             t0 = time.perf_counter()
         pack._step(members, i % len(members[0].batches), last=False)
     C.sync(device)
-    return (time.perf_counter() - t0) / steps
+    train_s = (time.perf_counter() - t0) / steps
+    # the evaluation batches, stacked: the same rows `measure` times, once for every run of the pack
+    eb, k = EVAL_BATCH, len(members)
+    dtype = members[0].s.dtype
+    pack_rows = packing._PackRows(pack, members)
+    parts = [(j, eb) for j in range(k)]
+    eval_rows = [{"input_ids": s} for s in synthetic(eb, src_len, vocab, 3)]
+    expected_new = max(len(t) for t in synthetic(eb, tgt_len, vocab, 4))
+    loss_rows = [{"input_ids": s, "labels": t} for s, t in zip(synthetic(eb, src_len, vocab, 5),
+                                                                synthetic(eb, tgt_len, vocab, 6))]
+    label_ids = eval_mod.label_token_ids(loaded.tokenizer, ["negative", "positive"])  # what `measure` scores
+    timings = {}
+    with torch.no_grad(), pack_rows.evaluating():
+        batch = {key: v.to(device) for key, v in loaded.family.collate(eval_rows * k, loaded.tokenizer).items()}
+        cases = ((0, 2), (1, 2)) if task == "classification" else ((0, 2), (1, MAX_NEW), (1, expected_new))
+        for timed, new_tokens in cases:  # the first is a warm-up
+            C.sync(device)
+            t = time.perf_counter()
+            with pack_rows.answering(parts) as model, eval_mod.autocast(device, dtype):
+                if task == "classification":
+                    loaded.family.label_logprobs(model, batch, label_ids)
+                else:
+                    model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                   max_new_tokens=new_tokens, min_new_tokens=new_tokens, num_beams=1,
+                                   do_sample=False)
+            C.sync(device)
+            if timed:
+                timings[new_tokens] = time.perf_counter() - t
+        lbatch = {key: v.to(device) for key, v in loaded.family.collate(loss_rows * k, loaded.tokenizer).items()}
+        for _ in range(2):  # the first is a warm-up
+            C.sync(device)
+            t = time.perf_counter()
+            with pack_rows.answering(parts) as model, eval_mod.autocast(device, dtype):
+                torch.stack(pack_rows.losses(model, lbatch, parts)).sum().item()
+            C.sync(device)
+            loss_s = time.perf_counter() - t
+    upper = timings.get(MAX_NEW, timings.get(2))
+    return {"train_step_s": train_s, "loss_batch_s": loss_s, "eval_batch_s": timings.get(expected_new, upper),
+            "eval_batch_upper_s": upper, "load_s": 0.0}
 
 
 def packs_together(method: str, caps: tuple) -> bool:
@@ -190,10 +233,12 @@ def run_seconds(m: dict, task_key: str) -> dict:
     return out
 
 
-def _interp(measured: dict, method: str, task_key: str, probe: tuple, cap: int) -> float:
+def _interp_all(measured: dict, method: str, task_key: str, probe: tuple, cap: int) -> dict:
+    """A capacity's per-step and per-batch seconds, interpolated linearly between the measured capacities."""
     lo, hi = probe[0], probe[-1]
     w = 0.0 if hi == lo else (cap - lo) / (hi - lo)
-    return (1 - w) * measured[(method, task_key, lo)]["train_step_s"] + w * measured[(method, task_key, hi)]["train_step_s"]
+    return {k: (1 - w) * measured[(method, task_key, lo)][k] + w * measured[(method, task_key, hi)][k]
+            for k in ("train_step_s", "loss_batch_s", "eval_batch_s", "eval_batch_upper_s", "load_s")}
 
 
 def main(argv=None) -> dict:
@@ -206,8 +251,8 @@ def main(argv=None) -> dict:
     p.add_argument("--eval_batch", type=int, default=BATCH, help="evaluation batch (the spec's "
                    "per_device_eval_batch_size; 16 is the reference)")
     p.add_argument("--pack", action="store_true", help="train each method's capacities together where "
-                   "sweep --pack 4 would (LoRA's ranks): its grid's training time is the packed step's, "
-                   "evaluation stays per run")
+                   "sweep --pack 4 would (LoRA's ranks): its grid's training and evaluation times are the pack's "
+                   "(stacked steps and stacked evaluation batches)")
     C.device_arg(p)
     a = p.parse_args(argv)
     global EVAL_BATCH
@@ -248,26 +293,29 @@ def main(argv=None) -> dict:
                 print(f"  {method} {cap} {task_key}: {m['train_step_s']:.3f} s/step, "
                       f"{m['eval_batch_s']:.3f} s/eval batch{gen}, {m['loss_batch_s']:.3f} s/loss batch", flush=True)
             for cap in caps:
-                lo, hi = probe[0], probe[-1]
-                w = 0.0 if hi == lo else (cap - lo) / (hi - lo)
-                est = {k: (1 - w) * measured[(method, task_key, lo)][k] + w * measured[(method, task_key, hi)][k]
-                       for k in ("train_step_s", "loss_batch_s", "eval_batch_s", "eval_batch_upper_s", "load_s")}
-                secs = run_seconds(est, task_key)
+                secs = run_seconds(_interp_all(measured, method, task_key, probe, cap), task_key)
                 add(task_key, secs["train"] + secs["load"])
                 for k in PROTOCOLS:
                     add(task_key, secs["eval"][k], secs["eval_upper"][k], protocol=k)
                 rows.append([method, cap, task_key, f"{secs['train'] / 60:.1f}",
                              " / ".join(f"{secs['eval'][k] / 60:.1f}" for k in PROTOCOLS)])
             if a.pack and packs_together(method, caps):
-                # the grid's runs train as one pack: its training time replaces theirs
-                step = measure_packed(a.model_name, method, caps, task_key, a.steps, a.warmup, device)
-                steps_per_run = EPOCHS * -(-TRAIN_EXAMPLES // BATCH)
-                packed_train = steps_per_run * step
-                alone_train = sum(steps_per_run * _interp(measured, method, task_key, probe, c) for c in caps)
-                add(task_key, packed_train - alone_train)
-                print(f"  {method} packed ({len(caps)} runs) {task_key}: {step:.3f} s/step, training "
-                      f"{alone_train / 60:.1f} -> {packed_train / 60:.1f} min", flush=True)
-                rows.append([f"{method} (pack)", "all", task_key, f"{packed_train / 60:.1f}", ""])
+                # the grid's runs train and evaluate as one pack: its times replace theirs
+                pm = measure_packed(a.model_name, method, caps, task_key, a.steps, a.warmup, device)
+                packed = run_seconds(pm, task_key)
+                alone = [run_seconds({**_interp_all(measured, method, task_key, probe, c), "load_s": 0.0}, task_key)
+                         for c in caps]
+                add(task_key, packed["train"] - sum(r["train"] for r in alone))
+                for k in PROTOCOLS:
+                    add(task_key, packed["eval"][k] - sum(r["eval"][k] for r in alone),
+                        packed["eval_upper"][k] - sum(r["eval_upper"][k] for r in alone), protocol=k)
+                print(f"  {method} packed ({len(caps)} runs) {task_key}: {pm['train_step_s']:.3f} s/step, "
+                      f"{pm['eval_batch_s']:.3f} s/eval batch of {len(caps)} x {EVAL_BATCH}; training "
+                      f"{sum(r['train'] for r in alone) / 60:.1f} -> {packed['train'] / 60:.1f} min, evaluation "
+                      f"(dev protocol) {sum(r['eval']['dev'] for r in alone) / 60:.1f} -> "
+                      f"{packed['eval']['dev'] / 60:.1f} min", flush=True)
+                rows.append([f"{method} (pack)", "all", task_key, f"{packed['train'] / 60:.1f}",
+                             " / ".join(f"{packed['eval'][k] / 60:.1f}" for k in PROTOCOLS)])
     print(C.fmt_table(rows, ["method", "capacity", "task", "train min", "eval min " + " / ".join(PROTOCOLS)]))
     target = 4.0 if device == "cpu" else 10 / 60
     n_runs = len(METHODS) * 4 * len(TASKS)

@@ -1,11 +1,11 @@
 """Packed training against the same runs one after another: training throughput, FLOP/s against the machine's
-peak, and peak memory, for the three sweeps of issue 16 and a prompt-tuning seed sweep, measured side by side in
-one process.
+peak, and peak memory, for the three sweeps of issue 16 and prompt- and prefix-tuning seed sweeps, measured side
+by side in one process; and the packed evaluation passes against each run's own.
 
   model      builtin:random-flan-t5-small (exact flan-t5-small shapes, seeded random weights)
   data       the bundled SST-2 sample (sentences of ~20 tokens, one-token labels), batch 16 per run
   sweeps     LoRA r in {4, 8, 16, 32} (seed 42); prompt tuning with {10, 20, 50, 100} virtual tokens;
-             LoRA r=8 with seeds {1, 2, 3}; prompt tuning with 20 tokens and seeds {1, 2, 3}
+             LoRA r=8 with seeds {1, 2, 3}; prompt and prefix tuning with 20 tokens and seeds {1, 2, 3}
   sequential each run set up by the training loop itself (train.setup) and stepped by its own step
              (train._step + Progress.account): collation, autocast at the run's precision, fused AdamW,
              clipping, bookkeeping
@@ -17,13 +17,13 @@ one process.
   figures    each side: --warmup untimed steps, then --steps timed ones; the two sides alternate --repeats
              times and the medians are compared (samples/s = examples of all runs / time). FLOPs are counted
              by torch's FlopCounterMode on one step of each side; memory is the peak resident set while a side
-             runs (the process's, sampled every 20 ms).
+             runs (the process's, sampled every 20 ms); on a GPU, how busy it was (nvidia-smi, every 100 ms).
   evaluation the packs' selection pass (the SST-2 label scoring of --eval_examples examples per run, batch 16)
              against each run's own pass on the same adapters, and the same for summarization (greedy generation
              of up to 32 tokens on SAMSum-style dialogues) for the LoRA rank sweep; medians of --repeats,
              alternating
 
-    python bench/bench_pack.py                 # 4 sweeps (+1 forced), 2 + 6 steps, 3 repeats
+    python bench/bench_pack.py                 # 5 sweeps (+1 forced), 2 + 6 steps, 3 repeats; 5 evaluation passes
     python bench/bench_pack.py --quick         # 1 + 3 steps, 1 repeat
     python bench/bench_pack.py --device cuda   # on a GPU
 
@@ -43,6 +43,7 @@ SWEEPS = {
     "prompt 10/20/50/100": [("prompt", n, 42) for n in (10, 20, 50, 100)],
     "LoRA r8 x 3 seeds": [("lora", 8, s) for s in (1, 2, 3)],
     "prompt 20 x 3 seeds": [("prompt", 20, s) for s in (1, 2, 3)],
+    "prefix 20 x 3 seeds": [("prefix", 20, s) for s in (1, 2, 3)],
 }
 # the packed side trains what the planner packs (core/packs.plan_packs: prompts of different lengths train
 # alone); these sweeps are also measured forced into one pack, to show why the planner refuses it
@@ -66,7 +67,7 @@ def sequential(args, runs) -> dict:
     from peftcompare.engine import train
 
     times, flops, precision = [], 0, None
-    with C.PeakRSS() as mem:
+    with C.PeakRSS() as mem, C.GpuBusy(args.device_name) as busy:
         for method, capacity, seed in runs:
             s = train.setup(spec_for(args, method, capacity, seed), C.Quiet(f"{method}-{capacity}-{seed}"))
             model, optimizer, scheduler = train._optimizer(s)
@@ -92,7 +93,7 @@ def sequential(args, runs) -> dict:
             del s, model, optimizer, run
             gc.collect()
     return {"step_s": sum(times), "flops": flops, "peak_mb": mem.peak, "examples": 16 * len(runs),
-            "precision": precision}
+            "precision": precision, "gpu_busy": busy.mean}
 
 
 def planned(args, runs, forced: bool = False) -> dict:
@@ -107,7 +108,8 @@ def planned(args, runs, forced: bool = False) -> dict:
              sequential(args, [(g[0].method, g[0].capacity, g[0].seed)]) for g in groups]
     return {"step_s": sum(p["step_s"] for p in parts), "flops": sum(p["flops"] for p in parts),
             "peak_mb": max(p["peak_mb"] for p in parts), "examples": 16 * len(runs),
-            "precision": parts[0]["precision"], "packs": len(groups)}
+            "precision": parts[0]["precision"], "packs": len(groups),
+            "gpu_busy": max((p["gpu_busy"] for p in parts if p["gpu_busy"] is not None), default=None)}
 
 
 def packed(args, runs) -> dict:
@@ -115,7 +117,7 @@ def packed(args, runs) -> dict:
     from peftcompare.engine import models
 
     specs = [spec_for(args, m, c, s).resolved() for m, c, s in runs]
-    with C.PeakRSS() as mem:
+    with C.PeakRSS() as mem, C.GpuBusy(args.device_name) as busy:
         loaded = models.load_model(specs[0].model_name)
         pack, members = C.start_pack(specs, loaded)
         n = len(members[0].batches)
@@ -136,12 +138,13 @@ def packed(args, runs) -> dict:
     del pack, members, loaded
     gc.collect()
     return {"step_s": per_step, "flops": flops, "peak_mb": mem.peak, "examples": 16 * len(runs),
-            "precision": precision}
+            "precision": precision, "gpu_busy": busy.mean}
 
 
 # the evaluation passes measured: (sweep, task)
 EVAL_CASES = (("LoRA r 4/8/16/32", "classification"), ("LoRA r8 x 3 seeds", "classification"),
-              ("prompt 20 x 3 seeds", "classification"), ("LoRA r 4/8/16/32", "summarization"))
+              ("prompt 20 x 3 seeds", "classification"), ("prefix 20 x 3 seeds", "classification"),
+              ("LoRA r 4/8/16/32", "summarization"))
 
 
 def evaluation(args, runs, task: str) -> dict:
@@ -182,6 +185,10 @@ def evaluation(args, runs, task: str) -> dict:
             "packed_per_s": examples / p, "speedup": a / p}
 
 
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{x:.0f}"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model_name", default=C.SMALL)
@@ -199,7 +206,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.warmup, args.steps, args.repeats, args.eval_examples = 1, 3, 1, 32
-    device = C.pick_device(args.device)
+    device = args.device_name = C.pick_device(args.device)
     rows, result = [], {}
     cases = [(n, False) for n in args.sweeps] + [(n, True) for n in args.sweeps if n in FORCED]
     for name, forced in cases:
@@ -221,18 +228,20 @@ def main(argv=None) -> int:
                          "peak_gflops": peak, "precision": pk[0]["precision"], "trainings": n_packs,
                          "sequential_flops_per_step": seq[0]["flops"], "packed_flops_per_step": pk[0]["flops"],
                          "sequential_peak_mb": max(r["peak_mb"] for r in seq),
-                         "packed_peak_mb": max(r["peak_mb"] for r in pk)}
+                         "packed_peak_mb": max(r["peak_mb"] for r in pk),
+                         "sequential_gpu_busy_pct": seq[0]["gpu_busy"], "packed_gpu_busy_pct": pk[0]["gpu_busy"]}
         rows.append([label, f"{n_packs} of {len(runs)}", f"{examples / s_step:.1f}", f"{examples / p_step:.1f}",
                      f"{s_step / p_step:.2f}x", f"{seq_gflops:.1f} / {gflops:.1f}",
                      f"{pk[0]['flops'] / seq[0]['flops']:.2f}",
                      f"{100 * gflops / peak:.1f}%" if peak else "—",
-                     f"{result[label]['sequential_peak_mb']:.0f} / {result[label]['packed_peak_mb']:.0f}"])
+                     f"{result[label]['sequential_peak_mb']:.0f} / {result[label]['packed_peak_mb']:.0f}"]
+                    + ([_pct(seq[0]["gpu_busy"]) + " / " + _pct(pk[0]["gpu_busy"])] if device != "cpu" else []))
         print(f"{label}: done", flush=True)
     print(f"\n{args.model_name}, {device}, precision {pk[0]['precision']}, {args.warmup} + {args.steps} steps, "
           f"median of {args.repeats}; peak: {how}")
     print(C.fmt_table(rows, ["sweep", "trainings", "sequential samples/s", "packed samples/s", "speedup",
                              "GFLOP/s seq / packed", "FLOPs packed/seq", "packed % of peak",
-                             "peak MB seq / packed"]))
+                             "peak MB seq / packed"] + (["GPU busy % seq / packed"] if device != "cpu" else [])))
     if not args.no_eval:
         eval_rows = []
         for name, task in EVAL_CASES:

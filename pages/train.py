@@ -139,10 +139,10 @@ else:
                    "Training applies to single runs.")
     st.toggle("Train together", key="tr_sweep_pack",
               help=f"Up to {ui.PACK_SIZE} runs of the grid share one pass over the frozen model: their batches "
-                   "are stacked, each run's adapter applied to its own rows. Faster on a CPU; each run keeps its "
-                   "own data order, initialisation, optimizer and result. LoRA and rsLoRA pack across ranks, prompt "
-                   "tuning across seeds and learning rates at one prompt length, on encoder-decoder models (T5, "
-                   "BART); the others train one at a time and their record says why.")
+                   "are stacked, each run's adapter applied to its own rows, in training and in evaluation. Faster; "
+                   "each run keeps its own data order, initialisation, optimizer and result. LoRA and rsLoRA pack "
+                   "across ranks, prompt and prefix tuning across seeds and learning rates at one length, on "
+                   "encoder-decoder models (T5, BART); the others train one at a time and their record says why.")
 
 c1, c2, c3 = st.columns(3)
 c1.number_input("Training examples (0 = all)", step=50, key="tr_train_samples", help=H("train_samples"))

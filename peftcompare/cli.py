@@ -568,10 +568,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--enqueue", action="store_true", help="Queue the runs for the worker instead of running "
                    "them here.")
     s.add_argument("--pack", type=_typed(int, "pack"), default=1, metavar="K",
-                   help="Train up to K runs together in one pass over the shared frozen model (LoRA, rsLoRA and "
-                   "prompt tuning with the same data, model and budget, prompt tuning at one prompt length, on an "
-                   "encoder-decoder model; the others train alone, and their record says why). Default 1: one at "
-                   "a time.")
+                   help="Train (and evaluate) up to K runs together in one pass over the shared frozen model (LoRA "
+                   "and rsLoRA across ranks, prompt and prefix tuning at one length, with the same data, model and "
+                   "budget, on an encoder-decoder model; the others train alone, and their record says why). "
+                   "Default 1: one at a time.")
     s.set_defaults(spec=None)
     r = cmd("results", cmd_results, "One row per run; --summary: one row per (task, method, capacity).")
     r.add_argument("--format", choices=["table", "csv", "json", "peft-mc"], default="table",

@@ -58,6 +58,7 @@ def _same(alone: dict, packed: dict, tol: float, store: Store | None = None) -> 
 @pytest.mark.parametrize("kind, runs", [
     ("lora ranks and seeds", [("lora", 4, 1), ("lora", 8, 2), ("lora", 8, 3), ("rslora", 16, 1)]),
     ("prompt tokens", [("prompt", 4, 1), ("prompt", 8, 2), ("prompt", 6, 3)]),
+    ("prefix seeds", [("prefix", 4, 1), ("prefix", 4, 2), ("prefix", 4, 3)]),
 ])
 def test_a_packed_run_equals_the_run_alone_in_fp32(tmp_path, kind, runs):
     specs = [tiny_spec(method=m, capacity=c, seed=s, **EXACT) for m, c, s in runs]
@@ -91,13 +92,14 @@ def test_bf16_packing_differs_from_alone_only_by_rounding(tmp_path):
         assert math.isclose(b["metrics"]["mean_probability"], a["metrics"]["mean_probability"], abs_tol=5e-3)
 
 
-@pytest.mark.parametrize("method, protocol", [
-    ("lora", {}), ("prompt", {}), ("lora", {"selection_metric": "loss"}),
+@pytest.mark.parametrize("method, capacities, protocol", [
+    ("lora", (4, 8), {}), ("prompt", (4, 8), {}), ("prefix", (4, 4), {}),
+    ("lora", (4, 8), {"selection_metric": "loss"}),
 ])
-def test_summarization_packs_and_generates_per_run(tmp_path, method, protocol):
-    """Generation packed: every decoding step routes each row through its own run's adapter or prompt."""
+def test_summarization_packs_and_generates_per_run(tmp_path, method, capacities, protocol):
+    """Generation packed: every decoding step routes each row through its own run's adapter, prompt or prefix."""
     specs = [tiny_spec(task="summarization", method=method, capacity=c, seed=s, precision="fp32", lora_dropout=0.0,
-                       dev_samples=4, num_train_epochs=2, **protocol) for c, s in [(4, 1), (8, 2)]]
+                       dev_samples=4, num_train_epochs=2, **protocol) for c, s in zip(capacities, (1, 2))]
     alone = _alone(tmp_path, specs)
     store, run_ids, codes = _packed(tmp_path, specs)
     assert codes == [0, 0]
@@ -214,6 +216,10 @@ def test_plan_packs_groups_what_can_train_together():
     assert "virtual tokens" in packs.alone_reason(prompt[1]) and packs.why_alone(prompt[1]) == ""
     assert packs.pack_key(prompt[0]) == packs.pack_key(prompt[1])  # the engine can still pack them (tested above)
     assert packs.plan_packs(lora, 1) == [[s] for s in lora]
+    # prefixes join the decoder's cache, whose rows share one length: the engine packs one length only
+    prefix = [tiny_spec(method="prefix", capacity=c, seed=s) for c, s in [(4, 1), (8, 1), (4, 2)]]
+    assert packs.pack_key(prefix[0]) == packs.pack_key(prefix[2]) != packs.pack_key(prefix[1])
+    assert [[(s.capacity, s.seed) for s in p] for p in packs.plan_packs(prefix, 4)] == [[(4, 1), (4, 2)], [(8, 1)]]
 
 
 def test_sweep_pack_on_the_command_line(tmp_path):

@@ -12,11 +12,13 @@ def pack_key(spec) -> tuple | None:
     if why_alone(spec):
         return None
     s = spec.resolved()
-    return (methods.get_method(s.method).pack, s.task, s.model_name, s.dataset, s.train_file, s.validation_file,
-            s.text_column, s.target_column, s.prompt_template, s.answer_cue, s.train_samples, s.eval_samples,
-            s.num_train_epochs, s.per_device_train_batch_size, s.per_device_eval_batch_size, s.max_source_length,
-            s.max_target_length, s.target_modules, s.lora_dropout, s.precision, s.selection, s.selection_metric,
-            s.dev_samples, s.budget, s.budget_value)
+    kind = methods.get_method(s.method).pack
+    # prefixes join the decoder's cache: rows of a pack share its length, so a prefix pack is of one length
+    return (kind, s.capacity if kind == methods.PACK_PREFIX else None, s.task, s.model_name, s.dataset,
+            s.train_file, s.validation_file, s.text_column, s.target_column, s.prompt_template, s.answer_cue,
+            s.train_samples, s.eval_samples, s.num_train_epochs, s.per_device_train_batch_size,
+            s.per_device_eval_batch_size, s.max_source_length, s.max_target_length, s.target_modules,
+            s.lora_dropout, s.precision, s.selection, s.selection_metric, s.dev_samples, s.budget, s.budget_value)
 
 
 def why_alone(spec) -> str:
@@ -30,10 +32,11 @@ def why_alone(spec) -> str:
 
 
 def plan_key(spec) -> tuple | None:
-    """What plan_packs groups by: pack_key (what CAN train together), and for soft prompts the number of virtual
-    tokens too (what SHOULD). A pack pads every row's prompt to the longest; on the 2-core CPU the rows of a
-    {10, 20, 50, 100}-token sweep then cost 1.8x their FLOPs alone and the pack trained 0.62x as fast as the
-    runs one after another (bench/bench_pack.py), while equal prompts (seeds, learning rates) waste nothing."""
+    """What plan_packs groups by: pack_key (what CAN train together; prefixes of one length only), and for soft
+    prompts the number of virtual tokens too (what SHOULD). A pack pads every row's prompt to the longest; on the
+    2-core CPU the rows of a {10, 20, 50, 100}-token sweep then cost 1.6x their FLOPs alone and the pack trained
+    0.61x as fast as the runs one after another (bench/bench_pack.py), while equal prompts (seeds, learning rates)
+    waste nothing."""
     key = pack_key(spec)
     if key is not None and key[0] == methods.PACK_PROMPT:
         key += (spec.resolved().capacity,)
@@ -45,7 +48,8 @@ def alone_reason(spec) -> str:
     queued run could share its pass."""
     return why_alone(spec) or ("no other run queued with it shares its model, data and budget"
                                + (" and its number of virtual tokens"
-                                  if methods.get_method(spec.method).pack == methods.PACK_PROMPT else ""))
+                                  if methods.get_method(spec.method).pack in (methods.PACK_PROMPT, methods.PACK_PREFIX)
+                                  else ""))
 
 
 def plan_packs(specs: list, k: int) -> list[list]:

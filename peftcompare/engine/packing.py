@@ -11,6 +11,9 @@ adapter applied to its own rows:
 - Prompt tuning: each run's virtual tokens are prepended to its own rows; shorter prompts are padded on the
   LEFT with masked positions, so the distance between a prompt token and a text token is what it is alone
   (T5's attention bias is relative: the encoder sees exactly the solo run's arrangement).
+- Prefix tuning (prefixes of one length): one run's PEFT model answers the whole batch, and its prefix encoder,
+  asked for the batch's prefixes, returns each run's own on that run's rows; PEFT turns them into the decoder's
+  cache and extends the masks as it does for one run.
 
 Each run keeps its own data order and subsample (its seed), its own initialisation (drawn under its own seed
 before its adapter exists, as a solo run draws it), its own loss (the mean over its own target tokens: the
@@ -35,7 +38,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from peftcompare.core.methods import PACK_LORA
+from peftcompare.core.methods import PACK_LORA, PACK_PREFIX
 from peftcompare.engine import evaluate as eval_mod
 from peftcompare.engine.families.base import IGNORE_INDEX
 
@@ -190,6 +193,28 @@ def blocks_of(names: list[str], sizes: list[int]) -> list[Block]:
         blocks.append(Block(name, start, start + n))
         start += n
     return blocks
+
+
+# -- prefix tuning: per-row key/value prefixes --------------------------------------------------------------
+@contextmanager
+def prefix_rows(models: list, blocks: list[Block]):
+    """models[k]'s prefix on blocks[k]'s rows. models[0] (a PEFT prefix-tuning model over the shared base) answers
+    the batch; while it does, its prefix encoder returns, for each block of rows, that block's run's prefix. The
+    rest (the prefix turned into the decoder's cache for this transformers version, the masks extended by the
+    prefix length) is PEFT's own code for one run: a pack of one-length prefixes is one run's forward with each
+    row's own numbers in the cache."""
+    vehicle = models[0]
+    enc = vehicle.prompt_encoder[vehicle.active_adapter]
+    encoders = [m.prompt_encoder[m.active_adapter] for m in models]
+
+    def forward(tokens):
+        return torch.cat([type(e).forward(e, tokens[b.start:b.stop]) for e, b in zip(encoders, blocks)], 0)
+
+    enc.forward = forward  # an instance attribute: Module.__call__ finds it before the class's forward
+    try:
+        yield vehicle
+    finally:
+        del enc.forward
 
 
 # -- batches and losses -----------------------------------------------------------------------------------
@@ -385,14 +410,8 @@ class _Pack:
         blocks = blocks_of([m.name for m in live], [len(fs) for fs in feats])
         batch = self.family.collate([f for fs in feats for f in fs], self.loaded.tokenizer)
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        with eval_mod.autocast(self.device, self.dtype):
-            if self.kind == PACK_LORA:
-                with self.layout.rows(blocks):
-                    logits = self.shared(**batch).logits
-            else:
-                prompts = [m.model.get_prompt(batch_size=1)[0] for m in live]
-                logits = Prompted(self.loaded.model, prompts, blocks)(batch["input_ids"], batch["attention_mask"],
-                                                                      labels=batch["labels"]).logits
+        with eval_mod.autocast(self.device, self.dtype), self.answering(live, blocks) as model:
+            logits = model(**batch).logits
         losses = per_block_loss(logits, batch["labels"], blocks)
         torch.stack(losses).sum().backward()
         for m, loss in zip(live, losses):
@@ -401,6 +420,18 @@ class _Pack:
             m.scheduler.step()
             m.optimizer.zero_grad(set_to_none=True)
             self._guard(m, lambda m=m, loss=loss: m.progress.account(m.batches[i], loss, last=last))
+
+    @contextmanager
+    def answering(self, members: list[_Member], blocks: list[Block]):
+        """The model that answers a stacked batch, blocks[k] of its rows through members[k]'s adapter."""
+        if self.kind == PACK_LORA:
+            with self.layout.rows(blocks):
+                yield self.shared
+        elif self.kind == PACK_PREFIX:
+            with prefix_rows([m.model for m in members], blocks) as model:
+                yield model
+        else:
+            yield Prompted(self.loaded.model, [m.model.get_prompt(batch_size=1)[0] for m in members], blocks)
 
     # -- evaluation, packed ------------------------------------------------------------------------------
     def _together(self, live: list[_Member], packed_pass) -> list:
@@ -478,15 +509,8 @@ class _PackRows(eval_mod.Rows):
     def _blocks(self, parts: list[tuple[int, int]]) -> list[Block]:
         return blocks_of([self.members[k].name for k, _ in parts], [n for _, n in parts])
 
-    @contextmanager
     def answering(self, parts: list[tuple[int, int]]):
-        blocks = self._blocks(parts)
-        if self.pack.kind == PACK_LORA:
-            with self.pack.layout.rows(blocks):
-                yield self.pack.shared
-        else:
-            yield Prompted(self.pack.loaded.model, [self.members[k].model.get_prompt(batch_size=1)[0]
-                                                    for k, _ in parts], blocks)
+        return self.pack.answering([self.members[k] for k, _ in parts], self._blocks(parts))
 
     def losses(self, model, batch: dict, parts: list[tuple[int, int]]) -> list:
         return per_block_loss(model(**batch).logits, batch["labels"], self._blocks(parts))

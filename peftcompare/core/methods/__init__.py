@@ -10,7 +10,7 @@ from __future__ import annotations
 from peftcompare.core.methods import baselines, low_rank, prefix_full, selective, soft_prompts  # noqa: F401 - they register
 from peftcompare.core.methods import zoo_low_rank, zoo_orthogonal, zoo_selective, zoo_sparse  # noqa: F401 - the PEFT zoo
 from peftcompare.core.methods.base import (FAMILIES, KNOB_RANK, KNOB_TOKENS, METHOD_FAMILIES, METHODS, PACK_LORA,
-                                           PACK_PROMPT, ROLE_ADAPTER,
+                                           PACK_PREFIX, PACK_PROMPT, ROLE_ADAPTER,
                                            ROLE_BASELINE, ROLE_FULL, SERVE_LORA_BANK, SERVE_NONE, SERVE_PREFIX,
                                            SERVE_PEFT, SERVE_SOFT_PROMPT, SERVE_SWAP, Method, register_method,
                                            target_names)
@@ -21,7 +21,7 @@ __all__ = ["KNOB_RANK", "KNOB_TOKENS", "METHODS", "ROLE_ADAPTER", "ROLE_BASELINE
            "SERVE_NONE", "SERVE_PEFT", "SERVE_PREFIX", "SERVE_SOFT_PROMPT", "SERVE_SWAP", "Method", "adalora_init_r",
            "get_method", "register_method", "target_names", "trainable_methods", "by_role", "offline_sweep",
            "served", "method_names", "FAMILIES", "METHOD_FAMILIES", "REFUSED", "by_family", "catalog", "zoo_budget",
-           "PACK_LORA", "PACK_PROMPT"]
+           "PACK_LORA", "PACK_PREFIX", "PACK_PROMPT"]
 
 BASELINE = "zero_shot"  # the name a sweep gives its baseline run
 

@@ -25,6 +25,7 @@ KNOB_TOKENS = "tokens"
 # how runs of a method can be packed into one pass over the frozen base (Method.pack)
 PACK_LORA = "lora"
 PACK_PROMPT = "prompt"
+PACK_PREFIX = "prefix"
 
 # the model families (engine/families: Family.name) a method can be applied to
 FAMILIES = ("seq2seq", "causal", "encoder")
@@ -79,7 +80,8 @@ class Method:
     # attach(model, spec) -> handle with .detach(), and merge(model); resolved by engine/method_hooks.py
     engine_hooks: str = ""
     # how several runs of it train packed in one pass over a shared frozen base (engine/packing.py):
-    # PACK_LORA (per-row LoRA adapters in one PEFT model), PACK_PROMPT (per-row soft prompts); "" one at a time
+    # PACK_LORA (per-row LoRA adapters in one PEFT model), PACK_PROMPT (per-row soft prompts), PACK_PREFIX
+    # (per-row key/value prefixes, of one length); "" one at a time
     pack: str = ""
     method_family: str = ""  # METHOD_FAMILIES key: how the app groups the method
     paper: str = ""  # the paper it comes from: title (arXiv id), or where PEFT points for it

@@ -1,8 +1,8 @@
 """Virtual tokens: prefix tuning (key/value prefixes), prompt tuning and P-tuning (input embeddings)."""
 from __future__ import annotations
 
-from peftcompare.core.methods.base import (KNOB_TOKENS, PACK_PROMPT, SERVE_PREFIX, SERVE_SOFT_PROMPT, Method,
-                                           register_method)
+from peftcompare.core.methods.base import (KNOB_TOKENS, PACK_PREFIX, PACK_PROMPT, SERVE_PREFIX, SERVE_SOFT_PROMPT,
+                                           Method, register_method)
 from peftcompare.core.tasks import get_task
 
 PREFIX_NOTE = "On encoder-decoder models PEFT's prefix reaches only the decoder's self-attention."
@@ -50,6 +50,7 @@ _TOKENS = dict(capacity_name="virtual tokens", capacities=(10, 20, 50, 100), max
                sweep_knob=KNOB_TOKENS, learning_rate=3e-2)
 register_method(Method(
     "prefix", "Prefix-Tuning", make_config=_prefix, serve=SERVE_PREFIX, notes=_prefix_notes, note=PREFIX_NOTE,
+    pack=PACK_PREFIX,
     note_families=("t5", "seq2seq"), offline_grid=(8, 16), **{**_TOKENS, "learning_rate": 1e-2},
     color="#f58518", method_family="soft prompts",
     paper="Prefix-Tuning: Optimizing Continuous Prompts for Generation (arXiv:2101.00190)",
