@@ -100,7 +100,7 @@ class PeakRSS:
 
 class GpuBusy:
     """The GPU's utilisation while the block runs: nvidia-smi's utilization.gpu (the share of time a kernel ran)
-    sampled every 100 ms, as `mean` and `max` in %; None off a GPU or without nvidia-smi. What tells whether
+    sampled every 100 ms, its `mean` in %; None off a GPU or without nvidia-smi. What tells whether
     packing (or `worker --per_gpu`) has the device busy."""
 
     def __init__(self, device: str, interval: float = 0.1):
@@ -110,9 +110,11 @@ class GpuBusy:
     def _index(self) -> str:
         import torch
 
+        from peftcompare.service import system
+
         i = torch.cuda.current_device() if ":" not in self.device else int(self.device.split(":")[1])
-        visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-        return visible[i] if i < len(visible) else str(i)  # nvidia-smi names GPUs as the machine does
+        gpus = system.visible_gpus()  # nvidia-smi names GPUs as the machine does, not as this process sees them
+        return gpus[i] if i < len(gpus) else str(i)
 
     def __enter__(self):
         if self.device.startswith("cuda") and shutil.which("nvidia-smi"):
@@ -136,10 +138,6 @@ class GpuBusy:
     @property
     def mean(self) -> float | None:
         return sum(self.samples) / len(self.samples) if self.samples else None
-
-    @property
-    def max(self) -> int | None:
-        return max(self.samples) if self.samples else None
 
 
 class Quiet:

@@ -396,9 +396,7 @@ def _answers_bar():
 
 def cmd_worker(args) -> int:
     """The queue's worker: per_gpu slots on each GPU, or one."""
-    if not 1 <= args.per_gpu <= 64:
-        raise UserError(f"per_gpu: train between 1 and 64 runs at once on each GPU, got {args.per_gpu}")
-    slots = jobs.worker_slots(args.per_gpu)
+    slots = jobs.worker_slots(args.per_gpu)  # a bad per_gpu: one line (ValueError), as every user mistake
     if args.per_gpu > 1 and slots == [None]:
         print("no GPU here: the worker trains one run at a time (a CPU run uses every core)", flush=True)
     elif len(slots) > 1:

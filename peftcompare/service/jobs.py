@@ -20,7 +20,7 @@ from pathlib import Path
 from peftcompare.core import packs
 from peftcompare.core.spec import RunSpec
 from peftcompare.service import policy as public
-from peftcompare.service import procs, runs
+from peftcompare.service import procs, runs, system
 from peftcompare.service.store import PACK_ALONE, Store
 
 CANCEL_GRACE_SECONDS = 10.0  # a run that ignores its cancel flag this long is killed
@@ -145,27 +145,18 @@ def ensure_worker(store: Store) -> bool:
     return True
 
 
+MAX_PER_GPU = 64
+
+
 def worker_slots(per_gpu: int = 1, gpus: list[str] | None = None) -> list[str | None]:
     """Where the worker's children train: per_gpu slots on each visible GPU (each child sees its GPU alone,
     through CUDA_VISIBLE_DEVICES), or one slot with no GPU (a CPU run takes every core: two at once would
-    only share them). gpus: the GPUs' ids (default: the ones torch sees, as CUDA_VISIBLE_DEVICES names them)."""
-    if per_gpu < 1:
-        raise ValueError(f"per_gpu: expected a whole number of runs per GPU of at least 1, got {per_gpu}")
+    only share them). gpus: the GPUs' ids (default: system.visible_gpus())."""
+    if not 1 <= per_gpu <= MAX_PER_GPU:
+        raise ValueError(f"per_gpu: train between 1 and {MAX_PER_GPU} runs at once on each GPU, got {per_gpu}")
     if gpus is None:
-        gpus = visible_gpus()
+        gpus = system.visible_gpus()
     return [g for g in gpus for _ in range(per_gpu)] if gpus else [None]
-
-
-def visible_gpus() -> list[str]:
-    """The GPUs this process may use, named as a child's CUDA_VISIBLE_DEVICES names them."""
-    try:
-        import torch
-
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    except Exception:  # noqa: BLE001 - no usable CUDA is no GPU
-        return []
-    named = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-    return named[:n] if len(named) >= n else [str(i) for i in range(n)]
 
 
 def run_worker(store: Store, idle_exit: float = IDLE_EXIT_SECONDS, max_jobs: int | None = None,

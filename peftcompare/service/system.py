@@ -50,16 +50,36 @@ def device_summary() -> dict:
         except ValueError:
             precision = "fp32"
     else:
-        try:
-            torch_version = importlib.metadata.version("torch")
-        except importlib.metadata.PackageNotFoundError:
-            torch_version = "missing"
-        gpu = os.path.exists("/dev/nvidiactl") and "+cpu" not in torch_version
+        gpu = _gpu_possible()
         device = "cuda" if gpu else "cpu"
         precision = "bf16 or fp32 (auto)" if gpu else (
             "bf16" if {"avx512_bf16", "amx_bf16"} & runtime.cpu_flags() else "fp32")
     label = "GPU (CUDA)" if device.startswith("cuda") else f"CPU · {runtime.usable_cores()} cores"
     return {"device": device, "label": label, "precision": precision, "cpu": runtime.cpu_model()}
+
+
+def _gpu_possible() -> bool:
+    """The cheap probe: an NVIDIA driver, and a torch wheel that is not a CPU build."""
+    try:
+        torch_version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return os.path.exists("/dev/nvidiactl") and "+cpu" not in torch_version
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, named as a child process's CUDA_VISIBLE_DEVICES names them. torch is asked
+    only where the cheap probe allows a GPU: a CPU machine's worker never loads it."""
+    if "torch" not in sys.modules and not _gpu_possible():
+        return []
+    try:
+        import torch
+
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001 - no usable CUDA is no GPU
+        return []
+    named = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return named[:n] if len(named) >= n else [str(i) for i in range(n)]
 
 
 _IMPORT_LOCK = threading.Lock()
