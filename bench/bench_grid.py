@@ -51,6 +51,18 @@ def synthetic_feats(task_key: str, n: int, vocab: int) -> list[dict]:
     return [{"input_ids": s, "labels": t} for s, t in zip(sources, targets)]
 
 
+def eval_inputs(task_key: str, eb: int, vocab: int) -> tuple[list[dict], list[dict], int, list[dict]]:
+    """What one evaluation batch is timed on, alone (`measure`) and packed (`measure_packed`) alike: a warm-up
+    batch and the timed batch of sources, the new tokens of the expected case (the longest reference summary
+    of the batch, EOS included), and a dev-loss batch (sources with references)."""
+    _, src_len, tgt_len, _ = TASKS[task_key]
+    sources = [{"input_ids": s} for s in synthetic(2 * eb, src_len, vocab, 3)]
+    expected_new = max(len(t) for t in synthetic(eb, tgt_len, vocab, 4))
+    loss_rows = [{"input_ids": s, "labels": t} for s, t in zip(synthetic(eb, src_len, vocab, 5),
+                                                                synthetic(eb, tgt_len, vocab, 6))]
+    return sources[:eb], sources[eb:], expected_new, loss_rows
+
+
 def measure(model_name: str, method: str, capacity: int, task_key: str, steps: int, warmup: int,
             device: str) -> dict:
     import torch
@@ -60,7 +72,7 @@ def measure(model_name: str, method: str, capacity: int, task_key: str, steps: i
     from peftcompare.engine import models, runtime, train
     from peftcompare.core.spec import RunSpec
 
-    task, src_len, tgt_len, _ = TASKS[task_key]
+    task = TASKS[task_key][0]
     spec = RunSpec(task=task, method=method, capacity=capacity, model_name=model_name,
                    per_device_train_batch_size=BATCH, per_device_eval_batch_size=BATCH).resolved()
     _, dtype = runtime.resolve_precision(spec.precision, device)
@@ -92,15 +104,13 @@ def measure(model_name: str, method: str, capacity: int, task_key: str, steps: i
     # one evaluation batch, as evaluate() runs it (after a warm-up batch)
     model.eval()
     eb = EVAL_BATCH
-    eval_feats = [{"input_ids": s} for s in synthetic(2 * eb, src_len, vocab, 3)]
-    expected_new = max(len(t) for t in synthetic(eb, tgt_len, vocab, 4))  # summary tokens incl. EOS
+    warm, timed, expected_new, loss_rows = eval_inputs(task_key, eb, vocab)
     timings = {}
     with torch.no_grad():
         for k, new_tokens in ((0, 2), (1, MAX_NEW), (1, expected_new)):
             if task == "classification" and new_tokens != MAX_NEW and k:
                 continue
-            rows = eval_feats[k * eb:(k + 1) * eb] if task == "classification" else \
-                eval_feats[k * eb:k * eb + (2 if k == 0 else eb)]  # short generation warm-up
+            rows = timed if k else (warm if task == "classification" else warm[:2])  # short generation warm-up
             C.sync(device)
             t = time.perf_counter()
             if task == "classification":
@@ -116,8 +126,6 @@ def measure(model_name: str, method: str, capacity: int, task_key: str, steps: i
             timings[new_tokens] = time.perf_counter() - t
     upper = timings[MAX_NEW]
     # one dev-loss batch (selection_metric=loss): a forward on the references, no generation
-    loss_rows = [{"input_ids": s, "labels": t} for s, t in zip(synthetic(eb, src_len, vocab, 5),
-                                                                synthetic(eb, tgt_len, vocab, 6))]
     with torch.no_grad():
         batch = {k2: v.to(device) for k2, v in loaded.family.collate(loss_rows, loaded.tokenizer).items()}
         for k in range(2):  # the first is a warm-up
@@ -144,7 +152,7 @@ def measure_packed(model_name: str, method: str, caps: tuple, task_key: str, ste
     from peftcompare.engine import evaluate as eval_mod
     from peftcompare.engine import models, packing
 
-    task, src_len, tgt_len, _ = TASKS[task_key]
+    task = TASKS[task_key][0]
     loaded = models.load_model(model_name)
     vocab = min(len(loaded.tokenizer), loaded.model.config.vocab_size)
     n = (warmup + steps) * BATCH
@@ -165,10 +173,7 @@ def measure_packed(model_name: str, method: str, caps: tuple, task_key: str, ste
     dtype = members[0].s.dtype
     pack_rows = packing._PackRows(pack, members)
     parts = [(j, eb) for j in range(k)]
-    eval_rows = [{"input_ids": s} for s in synthetic(eb, src_len, vocab, 3)]
-    expected_new = max(len(t) for t in synthetic(eb, tgt_len, vocab, 4))
-    loss_rows = [{"input_ids": s, "labels": t} for s, t in zip(synthetic(eb, src_len, vocab, 5),
-                                                                synthetic(eb, tgt_len, vocab, 6))]
+    _, eval_rows, expected_new, loss_rows = eval_inputs(task_key, eb, vocab)
     label_ids = eval_mod.label_token_ids(loaded.tokenizer, ["negative", "positive"])  # what `measure` scores
     timings = {}
     with torch.no_grad(), pack_rows.evaluating():
@@ -292,8 +297,10 @@ def main(argv=None) -> dict:
                        if m["expected_new_tokens"] else "")
                 print(f"  {method} {cap} {task_key}: {m['train_step_s']:.3f} s/step, "
                       f"{m['eval_batch_s']:.3f} s/eval batch{gen}, {m['loss_batch_s']:.3f} s/loss batch", flush=True)
+            alone = []  # each capacity's seconds: what a pack of them replaces
             for cap in caps:
                 secs = run_seconds(_interp_all(measured, method, task_key, probe, cap), task_key)
+                alone.append(secs)
                 add(task_key, secs["train"] + secs["load"])
                 for k in PROTOCOLS:
                     add(task_key, secs["eval"][k], secs["eval_upper"][k], protocol=k)
@@ -302,9 +309,7 @@ def main(argv=None) -> dict:
             if a.pack and packs_together(method, caps):
                 # the grid's runs train and evaluate as one pack: its times replace theirs
                 pm = measure_packed(a.model_name, method, caps, task_key, a.steps, a.warmup, device)
-                packed = run_seconds(pm, task_key)
-                alone = [run_seconds({**_interp_all(measured, method, task_key, probe, c), "load_s": 0.0}, task_key)
-                         for c in caps]
+                packed = run_seconds(pm, task_key)  # its load_s is 0: the runs' loading stays as counted above
                 add(task_key, packed["train"] - sum(r["train"] for r in alone))
                 for k in PROTOCOLS:
                     add(task_key, packed["eval"][k] - sum(r["eval"][k] for r in alone),
